@@ -1,0 +1,145 @@
+"""CLIP trunk, DINO keys and weight loading against the libraries' own forwards."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY_VFM, tiny_clip, tiny_dino, write_clip_state_dict, write_dino_checkpoint
+
+from cass import clip_vit, dino_keys, weights
+from cass.weights import WeightsError
+
+
+def test_resize_pos_embed_uses_scale_factor_call():
+    pos = torch.randn(1 + 14 * 14, 8)
+    assert clip_vit.resize_pos_embed(pos, (14, 14)) is pos
+    out = clip_vit.resize_pos_embed(pos, (21, 28))
+    grid = pos[1:].reshape(1, 14, 14, 8).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, scale_factor=(21.1 / 14, 28.1 / 14), mode="bicubic", align_corners=False,
+                             recompute_scale_factor=False).permute(0, 2, 3, 1).reshape(-1, 8)
+    assert out.shape == (1 + 21 * 28, 8)
+    torch.testing.assert_close(out[1:], expected)
+    torch.testing.assert_close(out[0], pos[0])
+
+
+def test_global_embedding_equals_open_clip_encode_image():
+    model = tiny_clip()
+    images = torch.randn(2, 3, 224, 224)
+    tokens, grid = clip_vit.clip_trunk(model.visual, images)
+    assert grid == (14, 14)
+    ours = clip_vit.global_embedding(model.visual, tokens)
+    torch.testing.assert_close(ours, F.normalize(model.encode_image(images), dim=-1), atol=1e-5, rtol=1e-5)
+
+
+def test_reduced_block_vanilla_attention_matches_multihead_attention():
+    """With plain q.k attention, the reduced block is out_proj(MHA) of the patch tokens."""
+    model = tiny_clip()
+    tokens, _ = clip_vit.clip_trunk(model.visual, torch.randn(1, 3, 224, 224))
+    q, k, v = clip_vit.last_block_qkv(model.visual, tokens)
+    attn = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
+    ours = clip_vit.reduced_block_output(model.visual, attn, v)
+    block = model.visual.transformer.resblocks[-1]
+    y = block.ln_1(tokens)[:, 1:]
+    mha, _ = block.attn(y, y, y, need_weights=False)
+    expected = F.normalize(model.visual.ln_post(mha) @ model.visual.proj, dim=-1)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dino_keys_match_timm_forward():
+    model = tiny_dino()
+    captured = {}
+    model.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.setdefault("qkv", o))
+    images = torch.randn(2, 3, 224, 224)
+    model.forward_features(images)
+    keys, grid = dino_keys.last_block_keys(model, images)
+    b, n, _ = captured["qkv"].shape
+    expected = captured["qkv"].reshape(b, n, 3, 2, 64)[:, :, 1].transpose(1, 2)[:, :, 1:]
+    assert grid == (28, 28)
+    torch.testing.assert_close(keys, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dino_keys_resized_with_reference_interpolation():
+    model = tiny_dino()
+    keys, grid = dino_keys.last_block_keys(model, torch.randn(1, 3, 336, 336))
+    assert grid == (42, 42) and keys.shape == (1, 2, 42 * 42, 64)
+
+
+def test_keys_on_clip_grid_half_rounding():
+    keys = torch.randn(2, 2, 28 * 28, 64)
+    out = dino_keys.keys_on_clip_grid(keys, (28, 28), (14, 14), half_precision=True)
+    assert out.shape == (2, 2, 196, 64) and out.dtype == torch.float32
+    assert torch.equal(out, out.half().float())
+    exact = dino_keys.keys_on_clip_grid(keys, (28, 28), (28, 28), half_precision=False)
+    torch.testing.assert_close(exact, keys)
+
+
+def test_dino_inputs_reference_and_plain():
+    spec = dino_keys.VFM_SPECS["dino_vitb8"]
+    pixels = torch.randint(0, 256, (1, 3, 60, 90)).float()
+    mean, std = torch.tensor(dino_keys.CLIP_MEAN)[:, None, None], torch.tensor(dino_keys.CLIP_STD)[:, None, None]
+    crops = (pixels - mean) / std
+    ref = dino_keys.reference_dino_images(crops, spec)
+    assert ref.shape == (1, 3, 56, 56)  # square of side min(60, 90), cropped to a multiple of 8
+    plain = dino_keys.plain_dino_images(crops, spec)
+    expected = (pixels / 255 - torch.tensor(dino_keys.IMAGENET_MEAN)[:, None, None]) / torch.tensor(
+        dino_keys.IMAGENET_STD)[:, None, None]
+    torch.testing.assert_close(plain, expected[..., :56, :88], atol=1e-5, rtol=1e-5)
+
+
+def test_clip_state_dict_file_loads_like_in_memory(tmp_path):
+    path = write_clip_state_dict(tmp_path / "clip.pt", seed=3)
+    loaded = weights.load_clip(str(path))
+    ref = tiny_clip(3)
+    ref.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in ref.state_dict().items()})
+    images = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(loaded.encode_image(images), ref.encode_image(images), atol=1e-5, rtol=1e-5)
+
+
+def test_clip_jit_archive_loads(tmp_path):
+    model = tiny_clip(4)
+    traced = torch.jit.trace(model, (torch.randn(1, 3, 224, 224), torch.zeros(1, 77, dtype=torch.long)),
+                             check_trace=False)
+    traced.save(str(tmp_path / "clip_jit.pt"))
+    loaded = weights.load_clip(str(tmp_path / "clip_jit.pt"))
+    images = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(loaded.encode_image(images), model.encode_image(images), atol=1e-5, rtol=1e-5)
+
+
+def test_clip_errors_are_one_line(tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        weights.load_clip(str(tmp_path / "missing.pt"))
+    state = tiny_clip().state_dict()
+    del state["visual.ln_post.weight"]
+    torch.save(state, tmp_path / "broken.pt")
+    with pytest.raises(WeightsError) as err:
+        weights.load_clip(str(tmp_path / "broken.pt"))
+    assert "broken.pt" in str(err.value) and "visual.ln_post.weight" in str(err.value)
+    assert "\n" not in str(err.value)
+    torch.save({"foo": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(WeightsError, match="OpenAI's format"):
+        weights.load_clip(str(tmp_path / "other.pt"))
+
+
+def test_public_weights_offline_error_names_file_and_setting():
+    with pytest.raises(WeightsError) as err:
+        weights.load_clip("ViT-B/16")
+    message = str(err.value)
+    assert "ViT-B-16.pt" in message and "clip_path" in message and "\n" not in message
+    with pytest.raises(WeightsError, match="dino_vitbase8_pretrain.pth.*dino_path"):
+        weights.load_vfm("dino_vitb8", None, weights.build_vfm("dino_vitb8", **TINY_VFM))
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_dino_release_checkpoint_loads(tmp_path, full):
+    path = write_dino_checkpoint(tmp_path / "dino.pth", seed=5, full=full)
+    loaded = weights.load_vfm("dino_vitb8", str(path), weights.build_vfm("dino_vitb8", **TINY_VFM))
+    images = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(dino_keys.last_block_keys(loaded, images)[0],
+                               dino_keys.last_block_keys(tiny_dino(5), images)[0])
+
+
+def test_dino_mismatch_names_keys(tmp_path):
+    path = write_dino_checkpoint(tmp_path / "dino.pth")
+    with pytest.raises(WeightsError) as err:  # a tiny checkpoint into the full-size model
+        weights.load_vfm("dino_vitb8", str(path), weights.build_vfm("dino_vitb8", depth=1))
+    assert "dino.pth" in str(err.value) and "unexpected ['blocks.1." in str(err.value)

@@ -1,0 +1,170 @@
+"""Each step of the spectral distillation against a direct, slow formula."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from cass import spectral
+
+
+def keys(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("n", [7, 40, 90])
+def test_head_spectra_equals_full_eigendecomposition(n):
+    k = keys(3, n, 16)
+    fast = spectral.head_spectra(k, top=20)
+    graph = k @ k.transpose(-1, -2) / math.sqrt(16)
+    slow = torch.linalg.eigvalsh(graph).flip(-1)[:, :20]
+    assert fast.shape == slow.shape == (3, min(20, n))
+    torch.testing.assert_close(fast, slow, atol=1e-9, rtol=1e-9)
+
+
+def test_spectral_cost_direct_formula():
+    a, b = keys(4, 6, seed=1).abs(), keys(4, 6, seed=2).abs()
+    cost = spectral.spectral_cost(a, b)
+    for i, j in itertools.product(range(4), range(4)):
+        u = a[i] / a[i].norm()
+        u = u / u.abs().sum()
+        v = b[j] / b[j].norm()
+        v = v / v.abs().sum()
+        expected = 1 - (torch.sort(u).values - torch.sort(v).values).abs().sum()
+        assert cost[i, j].item() == pytest.approx(expected.item(), abs=1e-6)
+    assert cost.dtype == torch.float32
+
+
+def test_canonical_assignment_is_lexicographic_minimum_among_ties():
+    rng = np.random.default_rng(0)
+    # additive costs: every assignment has the same total, the identity is the smallest
+    cost = rng.random(5)[:, None] + rng.random(5)[None, :]
+    assert spectral.canonical_assignment(cost).tolist() == [0, 1, 2, 3, 4]
+    # random costs with planted ties: compare with brute force over all permutations
+    for seed in range(20):
+        c = np.round(np.random.default_rng(seed).random((5, 5)) * 4) / 4
+        totals = {p: c[range(5), p].sum() for p in itertools.permutations(range(5))}
+        best = min(totals.values())
+        expected = min(p for p, t in totals.items() if t <= best + 1e-5)
+        assert tuple(spectral.canonical_assignment(c)) == expected
+
+
+def test_match_heads_plain_mode_is_scipy():
+    cost = torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(3))
+    cols = spectral.match_heads(cost, canonical=False)
+    for b in range(3):
+        assert cols[b].tolist() == linear_sum_assignment(cost[b].numpy())[1].tolist()
+
+
+def test_pairing_swapped_and_consistent():
+    cost = torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(4))
+    cols = torch.tensor([[2, 0, 3, 1]])
+    dino, weight = spectral.pairing(cost, cols, swapped=True)
+    for i in range(4):  # fused head i: CLIP head i, DINO head cols[i], weight 1 - C[i, cols[i]]
+        assert dino[0, i] == cols[0, i]
+        assert weight[0, i] == pytest.approx(1 - cost[0, i, cols[0, i]].item())
+    dino, weight = spectral.pairing(cost, cols, swapped=False)
+    for i in range(4):  # CLIP head cols[i] paired with DINO head i
+        assert dino[0, cols[0, i]] == i
+        assert weight[0, cols[0, i]] == pytest.approx(1 - cost[0, i, cols[0, i]].item())
+
+
+def test_eigenscale_formula_and_zero_range():
+    s = torch.tensor([9.0, 5.0, 2.0, 1.0], dtype=torch.float64)
+    lo, hi = 1.0, 9.0
+    expected = (s - lo) / (hi - lo) * (1.5 * hi - 0.5 * lo) + 0.5 * lo
+    torch.testing.assert_close(spectral.eigenscale(s), expected)
+    flat = torch.full((3,), 2.0, dtype=torch.float64)
+    torch.testing.assert_close(spectral.eigenscale(flat), flat)
+
+
+def slow_low_rank(k, r, scale):
+    graph = k @ k.T / math.sqrt(k.shape[-1])
+    vals, vecs = torch.linalg.eigh(graph)
+    vals, vecs = vals.flip(0)[:r], vecs.flip(1)[:, :r]
+    if scale:
+        lo, hi = vals.min(), vals.max()
+        vals = (vals - lo) / (hi - lo) * (1.5 * hi - 0.5 * lo) + 0.5 * lo
+    return vecs @ torch.diag(vals) @ vecs.T
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_low_rank_graph_equals_truncated_eigendecomposition(scale):
+    k = keys(2, 50, 16, seed=5)
+    fast = spectral.low_rank_graph(k, rank=10, scale_eigenvalues=scale, out_dtype=torch.float64)
+    for b in range(2):
+        torch.testing.assert_close(fast[b], slow_low_rank(k[b], 10, scale), atol=1e-8, rtol=1e-8)
+
+
+def test_energy_rank_uses_the_full_spectrum():
+    k = keys(50, 16, seed=6)
+    vals = torch.linalg.eigvalsh(k @ k.T / 4).flip(0).clamp_min(0)
+    share = vals.cumsum(0) / vals.sum()
+    r = int((share < 0.95).sum()) + 1
+    fast = spectral.low_rank_graph(k, rank=None, energy_threshold=0.95, out_dtype=torch.float64)
+    torch.testing.assert_close(fast, slow_low_rank(k, r, True), atol=1e-8, rtol=1e-8)
+
+
+def test_gaussian_bias_direct():
+    g = spectral.gaussian_bias((3, 4), sigma=5.0)
+    for p, q in itertools.product(range(12), range(12)):
+        d2 = (p // 4 - q // 4) ** 2 + (p % 4 - q % 4) ** 2
+        assert g[p, q].item() == pytest.approx(math.exp(-d2 / 50), rel=1e-6)
+
+
+def test_range_match_and_constant_input():
+    x, ref = torch.rand(2, 3, 5), torch.rand(2, 3, 5) * 7 - 2
+    out = spectral.range_match(x, ref, dims=(1, 2))
+    torch.testing.assert_close(out.amin((1, 2)), ref.amin((1, 2)))
+    torch.testing.assert_close(out.amax((1, 2)), ref.amax((1, 2)))
+    const = spectral.range_match(torch.ones(2, 3, 5), ref, dims=(1, 2))
+    assert torch.isfinite(const).all()
+
+
+def slow_fuse(clip_k, dino_k, swapped):
+    """Per-head loop as the reference writes it, with full N x N eigendecompositions."""
+    heads, n, d = clip_k.shape
+    clip_g = [clip_k[h] @ clip_k[h].T / math.sqrt(d) for h in range(heads)]
+    dino_g = [dino_k[h] @ dino_k[h].T / math.sqrt(d) for h in range(heads)]
+
+    def spectrum(g):
+        lam = torch.linalg.eigvalsh(g).flip(0)[:20]
+        lam = lam / lam.norm()
+        return lam / lam.abs().sum()
+
+    cost = np.zeros((heads, heads), dtype=np.float32)
+    for i, j in itertools.product(range(heads), range(heads)):
+        cost[i, j] = 1 - (spectrum(dino_g[i]).sort().values - spectrum(clip_g[j]).sort().values).abs().sum()
+    cols = spectral.canonical_assignment(cost)
+    out = torch.zeros(heads, n, n, dtype=torch.float64)
+    for i in range(heads):
+        c, dn = (i, cols[i]) if swapped else (cols[i], i)
+        w = 1 - float(cost[i, cols[i]])
+        approx = slow_low_rank(dino_k[dn], 10, True)
+        approx.fill_diagonal_(0)
+        approx = (approx - approx.min()) / (approx.max() - approx.min()) * (clip_g[c].max() - clip_g[c].min()) \
+            + clip_g[c].min()
+        out[c] = (10 * w * approx + clip_g[c]) / (10 * w + 1)
+    return out
+
+
+@pytest.mark.parametrize("swapped", [True, False])
+def test_fuse_spectral_against_per_head_loop(swapped):
+    clip_k, dino_k = keys(1, 4, 30, 16, seed=7), keys(1, 4, 30, 16, seed=8)
+    fast = spectral.fuse_spectral(clip_k.float(), dino_k.float(), swapped_pairing=swapped)
+    slow = slow_fuse(clip_k[0], dino_k[0], swapped)
+    torch.testing.assert_close(fast[0].double(), slow, atol=2e-4, rtol=1e-4)
+
+
+def test_fuse_sequential_formula():
+    clip_k, dino_k = keys(1, 2, 30, 16, seed=9), keys(1, 2, 30, 16, seed=10)
+    fast = spectral.fuse_sequential(clip_k.float(), dino_k.float())
+    for h in range(2):
+        graph = clip_k[0, h] @ clip_k[0, h].T / 4
+        approx = slow_low_rank(dino_k[0, h], 10, False)
+        approx.fill_diagonal_(0)
+        approx = (approx - approx.min()) / (approx.max() - approx.min()) * (graph.max() - graph.min()) + graph.min()
+        torch.testing.assert_close(fast[0, h].double(), (approx + graph) / 2, atol=2e-4, rtol=1e-4)
