@@ -3,6 +3,7 @@
 Importing the package registers the segmentor and its data pre-processor in
 mmseg's ``MODELS`` (configs use ``custom_imports=dict(imports=['cass'])``).
 """
+from . import datasets  # registers the benchmark datasets mmseg lacks
 from .segmentor import CASSDataPreProcessor, CASSSegmentor, slide_windows
 from .text import VocabularyError, parse_vocabulary, read_class_file
 from .weights import WeightsError

@@ -120,8 +120,7 @@ class CASSSegmentor(BaseSegmentor):
                  vfm_model: nn.Module | None = None, data_preprocessor: dict | None = None,
                  init_cfg: dict | None = None) -> None:
         if data_preprocessor is None:
-            data_preprocessor = dict(type="CASSDataPreProcessor", mean=list(CLIP_MEAN), std=list(CLIP_STD),
-                                     bgr_to_rgb=True)
+            data_preprocessor = CASSDataPreProcessor(mean=list(CLIP_MEAN), std=list(CLIP_STD), bgr_to_rgb=True)
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if attn_strategy not in STRATEGIES:
             raise ValueError(f"attn_strategy must be one of {STRATEGIES}, got '{attn_strategy}'")
@@ -327,11 +326,10 @@ class CASSSegmentor(BaseSegmentor):
             guide = F.interpolate(image[None].float(), size=out_size, mode="bilinear", align_corners=False)
             logits = pamr(guide, logits, self.pamr_steps, self.pamr_dilations)
         probs = (logits[0] * self.logit_scale).softmax(0)
-        index = self.query_class.to(probs.device)
         if len(self.queries) != self.num_classes:
             merged = probs.new_zeros(self.num_classes, *out_size)
-            for q in range(len(self.queries)):
-                torch.maximum(merged[index[q]], probs[q], out=merged[index[q]])
+            for q, c in enumerate(self.query_class.tolist()):
+                torch.maximum(merged[c], probs[q], out=merged[c])
             probs = merged
         top, labels = probs.max(0, keepdim=True)
         labels[top < self.prob_thd] = 0

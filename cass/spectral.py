@@ -88,7 +88,7 @@ def spectral_cost(vfm_spectra: Tensor, clip_spectra: Tensor) -> Tensor:
     """Head-matching cost ``C[i, j] = 1 - W1(lambda_VFM^i, lambda_CLIP^j)``.
 
     Each spectrum is L2-normalised, then L1-normalised; ``W1`` is the sum of
-    absolute differences of the sorted values (the inputs are sorted already).
+    absolute differences of the sorted values.
     Like the reference, the cost is returned in float32.
 
     Args:
@@ -101,7 +101,7 @@ def spectral_cost(vfm_spectra: Tensor, clip_spectra: Tensor) -> Tensor:
         lam = lam / lam.norm(dim=-1, keepdim=True).clamp_min(_EPS)
         return lam / lam.abs().sum(dim=-1, keepdim=True).clamp_min(_EPS)
 
-    u, v = normalise(vfm_spectra), normalise(clip_spectra)
+    u, v = normalise(vfm_spectra).sort(-1).values, normalise(clip_spectra).sort(-1).values
     dist = (u[..., :, None, :] - v[..., None, :, :]).abs().sum(-1)
     return (1 - dist).float()
 

@@ -92,15 +92,16 @@ def _mismatch(file: Path, model: nn.Module, state_dict: dict) -> None:
 def read_clip_state_dict(file: Path) -> dict:
     """State dict from OpenAI's JIT archive or a state dict in OpenAI's key format."""
     try:
-        return torch.jit.load(str(file), map_location="cpu").state_dict()
+        state = torch.jit.load(str(file), map_location="cpu").state_dict()
     except Exception:  # noqa: BLE001 - not a TorchScript archive: try a plain state dict
-        pass
-    state = _torch_load(file)
+        state = _torch_load(file)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = {k.removeprefix("module."): v for k, v in state["state_dict"].items()}
     if not isinstance(state, dict) or "visual.proj" not in state:
         raise WeightsError(f"{file}: not a CLIP ViT checkpoint in OpenAI's format (no 'visual.proj' key)")
-    return dict(state)
+    # the causal text mask is rebuilt from the context length; archives traced from
+    # open_clip models carry it as a buffer
+    return {k: v for k, v in state.items() if k != "attn_mask"}
 
 
 def clip_from_state_dict(state_dict: dict, source: str = "state dict") -> nn.Module:
@@ -116,7 +117,11 @@ def clip_from_state_dict(state_dict: dict, source: str = "state dict") -> nn.Mod
     except RuntimeError as err:  # strict load_state_dict: name the first keys that do not fit
         details = " ".join(line.strip() for line in str(err).splitlines()[1:])
         raise WeightsError(f"{source}: does not fit the CLIP architecture inferred from it: {details[:300]}") from None
-    return model.float().eval()
+    # the builder loads into float16 parameters; reload in float32 so that float32
+    # checkpoints keep their precision (OpenAI's float16 release is unchanged)
+    model.float().load_state_dict({k: v for k, v in state_dict.items()
+                                   if k not in ("input_resolution", "context_length", "vocab_size")})
+    return model.eval()
 
 
 def load_clip(clip_path: str) -> nn.Module:

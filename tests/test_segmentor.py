@@ -125,7 +125,9 @@ def test_options_change_the_output(build, overrides):
     base = predict(build(), img).seg_logits.data
     other = predict(build(**overrides), img).seg_logits.data
     assert torch.isfinite(other).all()
-    if overrides != dict(canonical_matching=False):  # may pick the same assignment
+    # with 2 heads the matching is the identity or a swap, for which the pairing
+    # variants coincide; they are checked against loops in test_spectral.py
+    if overrides not in (dict(canonical_matching=False), dict(swapped_pairing=False)):
         assert not torch.allclose(base, other)
 
 

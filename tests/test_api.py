@@ -1,0 +1,208 @@
+"""The single-image API: equal to mmseg's pipeline + predict, image kinds, bad input."""
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_VFM, segmentor_cfg
+from mmcv.transforms import LoadImageFromFile, Resize
+from mmengine.dataset import Compose
+from mmseg.datasets.transforms import PackSegInputs
+from mmseg.registry import MODELS
+from PIL import Image
+
+import cass.text
+from cass import VocabularyError, WeightsError
+from cass.api import DEFAULT_MODEL, ImageError, Segmenter
+from cass.visualize import class_colors, legend_entries, render
+
+CLASSES = ["sky, cloud", "cat", "grass"]
+
+
+def random_rgb(h, w, seed=0):
+    """Smooth random colours: blocks of 8 pixels, bilinearly upsampled."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (h // 8 + 2, w // 8 + 2, 3)).astype(np.float32)
+    return cv2.resize(base, (w, h), interpolation=cv2.INTER_LINEAR).round().astype(np.uint8)
+
+
+@pytest.fixture()
+def make(weights_dir):
+    def build(classes=CLASSES, **kwargs):
+        return Segmenter(classes=classes, clip_path=str(weights_dir / "tiny_clip.pt"),
+                         dino_path=str(weights_dir / "tiny_dino.pth"), vfm_overrides=TINY_VFM, **kwargs)
+    return build
+
+
+@pytest.fixture()
+def segmenter(make):
+    return make()
+
+
+def assert_same(a, b):
+    np.testing.assert_array_equal(a.probs, b.probs)
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_equals_mmseg_pipeline_and_predict(segmenter, weights_dir, class_file, tmp_path):
+    rgb = random_rgb(150, 260)
+    path = tmp_path / "image.png"
+    Image.fromarray(rgb).save(path)
+    settings = {k: v for k, v in DEFAULT_MODEL.items() if k not in ("type", "clip_path")}
+    model = MODELS.build(segmentor_cfg(weights_dir, class_file, classes=CLASSES, _scope_="mmseg", **settings))
+    pipeline = Compose([LoadImageFromFile(), Resize(scale=(2048, 336), keep_ratio=True), PackSegInputs()])
+    packed = pipeline(dict(img_path=str(path)))
+    assert tuple(packed["inputs"].shape) == (3, 336, 582)  # short side 336
+    data = model.data_preprocessor(dict(inputs=[packed["inputs"]], data_samples=[packed["data_samples"]]), False)
+    expected = model.predict(data["inputs"], data["data_samples"])[0]
+    probs, labels = expected.seg_logits.data.numpy(), expected.pred_sem_seg.data[0].numpy()
+    assert probs.shape == (3, 150, 260) and len(np.unique(labels)) > 1
+    for image in (path, str(path), rgb, Image.fromarray(rgb)):
+        result = segmenter(image)
+        np.testing.assert_array_equal(result.probs, probs)
+        np.testing.assert_array_equal(result.labels, labels)
+        np.testing.assert_array_equal(result.image, rgb)
+        assert result.class_names == ["sky", "cat", "grass"]
+
+
+def test_text_embeddings_computed_once_per_vocabulary(segmenter, monkeypatch):
+    calls = []
+    original = cass.text.query_embeddings
+
+    def counting(model, queries, **kwargs):
+        calls.append(list(queries))
+        return original(model, queries, **kwargs)
+
+    monkeypatch.setattr(cass.text, "query_embeddings", counting)
+    segmenter(random_rgb(64, 80, 1))
+    segmenter(random_rgb(70, 50, 2))
+    assert calls == [["sky", "cloud", "cat", "grass"]]
+    segmenter.set_classes(["dog", "road"])
+    result = segmenter(random_rgb(64, 80, 1))
+    assert calls[1:] == [["dog", "road"]] and result.probs.shape == (2, 64, 80)
+    assert result.class_names == ["dog", "road"]
+
+
+def test_shares_and_probabilities(segmenter):
+    result = segmenter(random_rgb(60, 90, 3))
+    assert result.probs.dtype == np.float32 and result.labels.dtype == np.int64
+    assert ((result.probs >= 0) & (result.probs <= 1)).all()
+    np.testing.assert_array_equal(result.probs.argmax(0), result.labels)
+    counts = np.bincount(result.labels.ravel(), minlength=3)
+    shares = result.shares()
+    assert list(shares.values()) == sorted(shares.values(), reverse=True)
+    assert shares == {result.class_names[c]: pytest.approx(100 * counts[c] / result.labels.size)
+                      for c in range(3) if counts[c]}
+
+
+@pytest.mark.parametrize("kind", ["rgb16", "gray16", "gray8", "rgba", "palette"])
+def test_image_kinds_equal_their_8bit_rgb(segmenter, tmp_path, kind):
+    rgb = random_rgb(48, 64, 4)
+    path = tmp_path / f"{kind}.png"
+    if kind == "rgb16":
+        rgb16 = rgb.astype(np.uint16) * 256 + np.random.default_rng(0).integers(0, 256, rgb.shape, dtype=np.uint16)
+        cv2.imwrite(str(path), rgb16[..., ::-1])
+        array, expected = rgb16, rgb  # the high byte, as OpenCV keeps
+    elif kind == "gray16":
+        gray16 = rgb[..., 0].astype(np.uint16) * 257
+        Image.fromarray(gray16).save(path)
+        array, expected = gray16, np.repeat(rgb[..., :1], 3, axis=2)
+    elif kind == "gray8":
+        Image.fromarray(rgb[..., 1]).save(path)
+        array, expected = rgb[..., 1], np.repeat(rgb[..., 1:2], 3, axis=2)
+    elif kind == "rgba":
+        alpha = np.random.default_rng(1).integers(0, 256, rgb.shape[:2], dtype=np.uint8)
+        array = np.dstack([rgb, alpha])
+        Image.fromarray(array).save(path)
+        expected = rgb  # alpha dropped, as mmseg's loader (OpenCV) does
+    else:
+        palette_image = Image.fromarray(rgb).quantize(16)
+        palette_image.save(path)
+        array, expected = palette_image, np.asarray(palette_image.convert("RGB"))
+    reference = segmenter(expected)
+    for image in (path, array, Image.open(path)):
+        result = segmenter(image)
+        assert_same(result, reference)
+        np.testing.assert_array_equal(result.image, expected)
+
+
+def test_one_pixel_and_elongated_images(segmenter):
+    tiny = segmenter(np.full((1, 1, 3), 200, np.uint8))  # resized to 336 x 336
+    assert tiny.probs.shape == (3, 1, 1) and tiny.labels.shape == (1, 1)
+    assert np.isfinite(tiny.probs).all() and tiny.labels[0, 0] == tiny.probs[:, 0, 0].argmax()
+    wide = segmenter(random_rgb(24, 1000, 5))  # resized to 49 x 2048: one row of crops
+    assert wide.probs.shape == (3, 24, 1000)
+    for shape in [(1, 3000, 3), (2, 10000, 3)]:  # resized to less than a patch, or to zero rows
+        with pytest.raises(ImageError, match="elongated") as err:
+            segmenter(np.zeros(shape, np.uint8))
+        assert "\n" not in str(err.value)
+
+
+def test_large_image_is_resized_first(make):
+    segmenter = make(classes=["sky", "cat"])
+    image = np.full((10000, 10000, 3), 120, np.uint8)
+    result = segmenter(image)
+    assert result.probs.shape == (2, 10000, 10000) and result.labels.shape == (10000, 10000)
+    # a constant image gives constant probabilities
+    assert result.probs[:, ::997, ::997].std(axis=(1, 2)).max() < 1e-5
+    assert np.unique(result.labels[::97, ::97]).size == 1
+
+
+@pytest.mark.parametrize("image, message", [
+    ("missing.png", "image not found: .*missing.png"),
+    (".", "not a file"),
+    ("garbage.png", "cannot read image .*garbage.png: not an image"),
+    (np.zeros((10, 10, 2), np.uint8), "got shape"),
+    (np.zeros((0, 10, 3), np.uint8), "empty image"),
+    (np.zeros((10, 10, 3), np.int64), "unsupported image dtype int64"),
+    (np.full((10, 10, 3), 3.0), "float image values"),
+    ([[1, 2], [3, 4]], "got list"),
+])
+def test_bad_images_give_one_line_errors(segmenter, tmp_path, monkeypatch, image, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "garbage.png").write_bytes(b"not a png at all")
+    with pytest.raises(ImageError, match=message) as err:
+        segmenter(image)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("classes, message", [
+    ([], "no classes"), (["cat", "cat"], "are the same"), (["cat", "dog, dog"], "repeats a name"),
+    (["cat", ""], "empty name"), ("cat, dog", "must be a list"),
+])
+def test_bad_vocabulary_fails_before_loading_weights(classes, message, tmp_path):
+    with pytest.raises(VocabularyError, match=message):
+        Segmenter(classes=classes, clip_path=str(tmp_path / "absent.pt"))
+    with pytest.raises(WeightsError, match="absent.pt"):
+        Segmenter(classes=["cat"], clip_path=str(tmp_path / "absent.pt"))
+
+
+def test_offline_public_weights_name_the_file_and_flag():
+    with pytest.raises(WeightsError, match=r"ViT-B-16.pt .*--clip-path") as err:
+        Segmenter(classes=["cat"])
+    assert "\n" not in str(err.value)
+
+
+def test_render_overlay_and_legend():
+    labels = np.zeros((40, 30), np.int64)
+    labels[:10], labels[30:, :15] = 2, 3  # class 1 absent
+    image = random_rgb(40, 30, 6)
+    names = ["sky", "cat", "grass", "road"]
+    colors = class_colors(4)
+    assert len({tuple(c) for c in colors}) == 4
+    picture, entries = render(image, labels, names, opacity=0.5)
+    assert [(e.index, e.name) for e in entries] == [(0, "sky"), (2, "grass"), (3, "road")]
+    assert [e.share for e in entries] == pytest.approx([100 * 885 / 1200, 100 * 300 / 1200, 100 * 15 / 1200])
+    assert entries == legend_entries(labels, names, colors)
+    pixels = np.asarray(picture)
+    assert pixels.shape[0] >= 40 and pixels.shape[1] > 30
+    blend = (image.astype(np.float32) + colors[labels]) / 2
+    assert np.abs(pixels[:40, :30] - blend).max() <= 1
+    panel = {tuple(p) for p in pixels[:, 30:].reshape(-1, 3)}
+    assert [tuple(c) in panel for c in colors] == [True, False, True, True]
+
+
+def test_device_and_precision_options(make):
+    segmenter = make(precision="bf16")
+    result = segmenter(random_rgb(40, 40, 7))
+    assert segmenter.device == torch.device("cpu") and np.isfinite(result.probs).all()
+    assert segmenter.model.clip.visual.conv1.weight.dtype == torch.bfloat16

@@ -1,0 +1,142 @@
+"""benchmark.py and the released-structure baseline, with tiny random models."""
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import segmentor_cfg
+from mmseg.registry import MODELS
+
+import cass  # noqa: F401 - registers the model
+from cass import clip_vit
+from cass.bench import reference_loop
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+benchmark = load_benchmark()
+
+
+@pytest.fixture()
+def build(weights_dir, class_file):
+    def make(**overrides):
+        return MODELS.build(segmentor_cfg(weights_dir, class_file, **overrides))
+    return make
+
+
+def labels_and_logits(seg, image, logits):
+    return seg.postprocess(logits, image, tuple(image.shape[-2:]))[1]
+
+
+@pytest.mark.parametrize("overrides, size", [
+    (dict(), (336, 448)),
+    (dict(slide_crop=0), (240, 352)),
+    (dict(prior_from_crop=True, swapped_pairing=False, eigenscaling=False), (224, 336)),
+    (dict(canonical_matching=False, dino_input="plain"), (224, 336)),
+    (dict(attn_strategy="sequential"), (224, 336)),
+])
+def test_reference_loop_agrees_with_fast_path(build, overrides, size):
+    seg = build(**overrides)
+    image = benchmark.random_images(1, size, seed=3)[0]
+    with torch.no_grad():
+        fast = seg.query_logits([image])[0]
+        slow = reference_loop.query_logits(seg, image, exact_low_rank=True)
+    torch.testing.assert_close(slow, fast, atol=2e-4, rtol=1e-4)
+    same = (labels_and_logits(seg, image, slow) == labels_and_logits(seg, image, fast)).float().mean()
+    assert same >= 0.99
+
+
+def test_reference_loop_randomised_svd_close_to_exact(build):
+    # The release's torch.svd_lowrank(q=10) only approximates the top-10 eigenpairs.
+    seg = build()
+    image = benchmark.random_images(1, (224, 336), seed=4)[0]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        fast = seg.query_logits([image])[0]
+        slow = reference_loop.query_logits(seg, image)
+    same = (labels_and_logits(seg, image, slow) == labels_and_logits(seg, image, fast)).float().mean()
+    assert same >= 0.9
+    assert (slow - fast).abs().mean() < 0.02
+
+
+def test_reference_loop_rejects_unsupported_settings(build):
+    seg = build(low_rank=None)
+    with pytest.raises(ValueError, match="low_rank"):
+        reference_loop.query_logits(seg, benchmark.random_images(1, (224, 224))[0])
+
+
+def test_stage_timer_counts_exclusive_time():
+    timer = benchmark.StageTimer(torch.device("cpu"))
+    with timer.stage("outer"):
+        time.sleep(0.02)
+        with timer.stage("inner"):
+            time.sleep(0.03)
+        with timer.stage("inner"):
+            time.sleep(0.01)
+    assert 0.035 <= timer.times["inner"] < 0.1
+    assert 0.015 <= timer.times["outer"] < 0.06
+
+
+def test_instrumentation_is_removed_afterwards(build):
+    seg = build()
+    original = clip_vit.clip_trunk
+    timer = benchmark.StageTimer(torch.device("cpu"))
+    with benchmark.instrumented(seg, timer, "fast"):
+        assert clip_vit.clip_trunk is not original
+        assert "attention" in vars(seg)
+    assert clip_vit.clip_trunk is original and "attention" not in vars(seg)
+
+
+def test_main_reports_sane_numbers(tmp_path, capsys):
+    out = tmp_path / "result.json"
+    argv = ["--tiny", "--mode", "both", "--size", "224", "336", "--num-classes", "6", "--repeats", "2",
+            "--warmup", "1", "--check-agreement", "--precision", "bf16", "--agreement-images", "2",
+            "--json", str(out)]
+    assert benchmark.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("command: python benchmark.py --tiny --mode both")
+    result = json.loads(out.read_text())
+    setting = result["setting"]
+    assert setting["crops"] == 2 and setting["classes"] == 6 and 1 <= setting["clusters"] <= 6
+    for mode in ("fast", "reference-loop"):
+        r = result[mode]
+        assert len(r["seconds_per_run"]) == 2 and all(t > 0 for t in r["seconds_per_run"])
+        assert r["median_s"] > 0 and r["images_per_s"] == pytest.approx(1 / r["median_s"])
+        assert r["ms_per_image"] == pytest.approx(1000 * r["median_s"])
+        assert r["peak_memory_mb"] > 0
+        stages = r["stages_ms_per_image"]
+        assert set(stages) == set(benchmark.STAGES)
+        assert all(v >= 0 for v in stages.values())
+        assert all(stages[k] > 0 for k in ("clip", "dino", "spectral", "text", "post"))
+        assert sum(stages.values()) <= r["instrumented_ms_per_image"] * (1 + 1e-9)
+        assert f"{mode}:" in printed
+    assert result["speedup"] > 0
+    agreement = result["agreement"]
+    assert agreement["images"] == 2 and 0.0 <= agreement["pixel_agreement"] <= 1.0
+
+
+def test_main_text_mode(tmp_path):
+    out = tmp_path / "text.json"
+    argv = ["--tiny", "--mode", "text", "--num-classes", "3", "--text-reference-classes", "2", "--json", str(out)]
+    assert benchmark.main(argv) == 0
+    text = json.loads(out.read_text())["text"]
+    assert text["queries"] == 3 and text["prompts"] == 3 * 80
+    assert text["cold_s"] > 0 and text["cached_s"] > 0 and text["cache_identical"]
+    assert text["released_max_abs_diff"] < 1e-5  # truncating at the longest EOT changes nothing
+    assert text["longest_eot"] < 77
+
+
+def test_main_rejects_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["--repeats", "0"])
+    assert exit_info.value.code == 2
+    assert "--repeats must be at least 1" in capsys.readouterr().err

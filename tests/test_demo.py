@@ -1,0 +1,136 @@
+"""demo.py end to end: a subprocess with tiny weights, then error paths through main()."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_VFM
+from PIL import Image
+
+from cass.api import Segmenter
+from cass.visualize import class_colors, overlay
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_OPTIONS = ["--cfg-options"] + [f"model.vfm_overrides.{k}={v}" for k, v in TINY_VFM.items()]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    spec = importlib.util.spec_from_file_location("demo", REPO / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def weights_args(weights_dir):
+    return ["--clip-path", str(weights_dir / "tiny_clip.pt"), "--dino-path", str(weights_dir / "tiny_dino.pth")]
+
+
+def photo(h=120, w=160):
+    """Sky, a grey object and grass: classes with very different areas."""
+    rng = np.random.default_rng(0)
+    image = np.zeros((h, w, 3), np.uint8)
+    image[: h // 3] = (110, 160, 230)
+    image[h // 3:] = (60, 150, 40)
+    image[h // 3: h // 2, w // 3: w // 2] = (128, 128, 128)
+    return (image + rng.integers(0, 20, image.shape)).astype(np.uint8)
+
+
+def test_demo_subprocess_writes_png_legend_and_logits(weights_dir, tmp_path):
+    image = photo()
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    out, logits = tmp_path / "out" / "seg.png", tmp_path / "probs.npy"
+    classes = "sky, grass, cat, dog, road"
+    cmd = [sys.executable, str(REPO / "demo.py"), "--image", str(tmp_path / "photo.png"), "--classes", classes,
+           "--out", str(out), "--save-logits", str(logits), "--device", "cpu", *weights_args(weights_dir),
+           *TINY_OPTIONS]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for stage in ("loading weights", "encoding text: 5 classes", "segmenting", "writing"):
+        assert f"demo.py: {stage}" in proc.stderr
+
+    probs = np.load(logits)
+    assert probs.shape == (5, 120, 160) and probs.dtype == np.float32
+    assert ((probs >= 0) & (probs <= 1)).all()
+    labels = probs.argmax(0)
+    present = set(np.unique(labels).tolist())
+    assert 1 < len(present) < 5, "the check below needs classes both present and absent"
+
+    # The same settings in-process give the same result.
+    api = Segmenter(classes=[c.strip() for c in classes.split(",")], clip_path=str(weights_dir / "tiny_clip.pt"),
+                    dino_path=str(weights_dir / "tiny_dino.pth"), vfm_overrides=TINY_VFM)(image)
+    np.testing.assert_allclose(probs, api.probs, atol=1e-6)
+    np.testing.assert_array_equal(labels, api.labels)
+
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    names = ["sky", "grass", "cat", "dog", "road"]
+    assert sidecar["classes"] == names and (sidecar["height"], sidecar["width"]) == (120, 160)
+    counts = np.bincount(labels.ravel(), minlength=5)
+    assert {e["name"]: e["share"] for e in sidecar["legend"]} == {
+        names[c]: pytest.approx(100 * counts[c] / labels.size, abs=1e-3) for c in present}
+    for entry in sidecar["legend"]:
+        assert f"{entry['name']}" in proc.stdout
+
+    picture = np.asarray(Image.open(out).convert("RGB"))
+    assert picture.shape[0] >= 120 and picture.shape[1] > 160
+    colors = class_colors(5)
+    np.testing.assert_array_equal(picture[:120, :160], np.asarray(overlay(image, labels, colors)))
+    panel = {tuple(p) for p in picture[:, 160:].reshape(-1, 3)}
+    assert {c for c in range(5) if tuple(colors[c]) in panel} == present
+
+
+def test_demo_subprocess_error_is_one_line(tmp_path):
+    cmd = [sys.executable, str(REPO / "demo.py"), "--clip-path", str(tmp_path / "ViT-B-16.pt"),
+           "--out", str(tmp_path / "x.png")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == f"demo.py: CLIP weights file not found: {tmp_path / 'ViT-B-16.pt'}"
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x.png").exists()
+
+
+def test_demo_defaults_to_a_bundled_photo(demo, weights_dir, tmp_path, capsys):
+    out = tmp_path / "demo_out.png"
+    assert demo.main(["--out", str(out), *weights_args(weights_dir), *TINY_OPTIONS]) == 0
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert (sidecar["height"], sidecar["width"]) == (512, 512)
+    assert sidecar["classes"] == ["person", "flag", "rocket", "wall"]
+    assert Image.open(out).size[1] >= 512
+    assert sum(e["share"] for e in sidecar["legend"]) == pytest.approx(100, abs=0.01)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image", "missing.jpg"], "demo.py: image not found: missing.jpg"),
+    (["--image", "garbage.jpg"], "demo.py: cannot read image garbage.jpg: not an image format OpenCV can decode"),
+    (["--classes", ""], "demo.py: class list: no classes"),
+    (["--classes", "cat, dog, cat"], "demo.py: class list: classes 1 and 3 are the same: 'cat'"),
+    (["--class-file", "none.txt"], "demo.py: class-name file not found: none.txt"),
+    (["--config", "none.py"], "demo.py: config not found: none.py"),
+    (["--cfg-options", "model.precision=fp64"], "demo.py: precision must be one of"),
+])
+def test_demo_errors_are_one_line(demo, weights_dir, tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    Path("garbage.jpg").write_bytes(b"\xff\xd8 truncated")
+    Image.fromarray(photo(20, 20)).save("ok.png")
+    argv = ["--image", "ok.png", *weights_args(weights_dir), *args]
+    if "--cfg-options" not in args:
+        argv += TINY_OPTIONS
+    assert demo.main(argv) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith(message) and "Traceback" not in "\n".join(err)
+    assert not Path("demo_out.png").exists()
+
+
+def test_demo_offline_names_the_file_and_flag(demo, tmp_path, capsys):
+    assert demo.main(["--out", str(tmp_path / "x.png")]) == 1
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith("demo.py: ViT-B-16.pt is not in") and "--clip-path" in line
+
+
+def test_demo_usage_errors_exit_2(demo, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--classes", "cat", "--class-file", "classes.txt"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -1,0 +1,271 @@
+"""eval.py end to end on a tiny VOC dataset, its errors, the summary and eval_all.sh."""
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_VFM, write_clip_state_dict, write_dino_checkpoint
+from fake_datasets import block_label, voc_layout
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.datasets import PascalVOCDataset
+from mmseg.registry import MODEL_WRAPPERS, MODELS
+from mmseg.structures import SegDataSample
+from PIL import Image
+
+from cass import summary
+from cass.evaluation import SegResultWriter, colourise
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_OPTIONS = [f"model.vfm_overrides.{key}={value}" for key, value in TINY_VFM.items()]
+
+
+def load_eval_script():
+    spec = importlib.util.spec_from_file_location("eval_script", REPO / "eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_eval(args, tmp, timeout=300):
+    env = dict(os.environ, CASS_CACHE_DIR=str(tmp / "cache"), CASS_WEIGHTS_DIR=str(tmp / "weights-cache"))
+    return subprocess.run([sys.executable, "eval.py", *map(str, args)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def numpy_metrics(labels, preds, num_classes, ignore=255):
+    """aAcc, mIoU, mAcc (percent) and per-class IoU from a confusion matrix."""
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for gt, pred in zip(labels, preds):
+        keep = gt != ignore
+        confusion += np.bincount(num_classes * gt[keep].astype(np.int64) + pred[keep],
+                                 minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    hit = np.diag(confusion).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = hit / (confusion.sum(0) + confusion.sum(1) - hit)
+        acc = hit / confusion.sum(1)
+    return dict(aAcc=100 * hit.sum() / confusion.sum(), mIoU=100 * np.nanmean(iou), mAcc=100 * np.nanmean(acc)), iou
+
+
+@pytest.fixture(scope="module")
+def voc_run(tmp_path_factory):
+    """eval.py on three 64x96 VOC images with tiny random CLIP and DINO weights."""
+    tmp = tmp_path_factory.mktemp("voc_run")
+    labels = [block_label([0, 15, 8, 12]), block_label([0, 7]), block_label([3, 0, 15])]
+    data = voc_layout(tmp / "VOC2012", labels=labels)
+    clip, dino = write_clip_state_dict(tmp / "clip.pt"), write_dino_checkpoint(tmp / "dino.pth")
+    args = ["--config", "configs/cfg_voc21.py", "--data-root", data, "--clip-path", clip, "--dino-path", dino,
+            "--work-dir", tmp / "work", "--save-preds", tmp / "preds", "--show-dir", tmp / "vis",
+            "--cfg-options", *TINY_OPTIONS, f"model.text_cache_dir={tmp / 'text'}", "test_dataloader.num_workers=0"]
+    start = time.monotonic()
+    result = run_eval(args, tmp)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return dict(tmp=tmp, data=data, result=result, seconds=time.monotonic() - start)
+
+
+def test_eval_reports_the_miou_of_its_predictions(voc_run):
+    tmp, data = voc_run["tmp"], voc_run["data"]
+    report = json.loads((tmp / "work" / "metrics.json").read_text())
+    names = (data / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    labels = [np.asarray(Image.open(data / "SegmentationClass" / f"{n}.png")) for n in names]
+    preds = [np.asarray(Image.open(tmp / "preds" / f"{n}.png")) for n in names]
+    assert all(p.shape == g.shape == (64, 96) for p, g in zip(preds, labels))
+    expected, iou = numpy_metrics(labels, preds, 21)
+    for key in ("aAcc", "mIoU", "mAcc"):
+        assert report[key] == pytest.approx(expected[key], abs=0.006), key
+    classes = PascalVOCDataset.METAINFO["classes"]
+    for name, value in zip(classes, iou):
+        got = report["per_class"][name]["IoU"]
+        assert (got is None) if np.isnan(value) else got == pytest.approx(100 * value, abs=0.006), name
+    assert report["benchmark"] == "cfg_voc21" and report["dataset"] == "PascalVOCDataset"
+    assert report["images"] == 3 and report["pamr_steps"] == 0
+    assert f"cfg_voc21 (PascalVOCDataset, 3 images, PAMR off): mIoU {report['mIoU']:.2f}" in voc_run["result"].stdout
+    assert "per class results" in voc_run["result"].stdout  # mmseg's table
+
+
+def test_eval_show_dir_is_image_prediction_ground_truth(voc_run):
+    tmp, data = voc_run["tmp"], voc_run["data"]
+    palette = np.array(PascalVOCDataset.METAINFO["palette"], dtype=np.uint8)
+    name = "2007_000032"
+    picture = np.asarray(Image.open(tmp / "vis" / f"{name}.png"))
+    assert picture.shape == (64, 3 * 96 + 2 * 4, 3)
+    image = np.asarray(Image.open(data / "JPEGImages" / f"{name}.jpg").convert("RGB"))
+    pred = np.asarray(Image.open(tmp / "preds" / f"{name}.png"))
+    gt = np.asarray(Image.open(data / "SegmentationClass" / f"{name}.png"))
+    np.testing.assert_array_equal(picture[:, :96], image)
+    np.testing.assert_array_equal(picture[:, 100:196], palette[pred])
+    np.testing.assert_array_equal(picture[:, 200:], colourise(gt, palette))
+    assert (picture[:, 200:][gt == 255] == 255).all()
+
+
+def test_eval_errors_are_one_line(tmp_path, voc_run):
+    result = run_eval(["--config", "configs/cfg_nope.py"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "eval.py: config not found: configs/cfg_nope.py"
+
+    result = run_eval(["--config", "configs/cfg_voc21.py", "--data-root", tmp_path / "nowhere"], tmp_path)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("eval.py:")]
+    assert lines == [result.stderr.strip().splitlines()[-1]]
+    assert lines[0] == f"eval.py: data root not found: {tmp_path / 'nowhere'}; set --data-root or the config's data_root"
+
+
+def test_eval_missing_weights(tmp_path, voc_run, capsys):
+    code = load_eval_script().main(["--config", str(REPO / "configs" / "cfg_voc21.py"), "--data-root", str(voc_run["data"]),
+                             "--clip-path", str(tmp_path / "missing.pt"), "--work-dir", str(tmp_path / "work"),
+                             "--cfg-options", "test_dataloader.num_workers=0"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("eval.py: ") and "missing.pt" in err[-1]
+
+
+def test_pamr_and_overrides_reach_the_config(tmp_path):
+    eval_script = load_eval_script()
+    args = eval_script.parse_args(["--config", str(REPO / "configs" / "cfg_ade20k.py"), "--pamr", "on",
+                                   "--data-root", "/data/ade", "--dino-path", "d.pth", "--show-dir", "vis",
+                                   "--cfg-options", "model.slide_stride=56", "test_dataloader.num_workers=0"])
+    cfg = eval_script.build_config(args)
+    assert cfg.model.pamr_steps == 10 and cfg.model.slide_stride == 56 and cfg.model.dino_path == "d.pth"
+    assert cfg.test_dataloader.dataset.data_root == "/data/ade"
+    assert cfg.test_dataloader.persistent_workers is False
+    assert cfg.work_dir == str(Path("work_dirs") / "cfg_ade20k") and cfg.launcher == "none"
+    assert cfg.custom_hooks == [dict(type="SegResultWriter", show_dir="vis", pred_dir=None)]
+
+
+def test_result_writer_uses_the_label_file_encoding(tmp_path):
+    image = tmp_path / "img.jpg"
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(image)
+    sample = SegDataSample(metainfo=dict(img_path=str(image), reduce_zero_label=True))
+    sample.set_data(dict(pred_sem_seg=_pixels(np.full((4, 6), 2)), gt_sem_seg=_pixels(np.full((4, 6), 255))))
+    writer = SegResultWriter(show_dir=str(tmp_path / "vis"), pred_dir=str(tmp_path / "preds"))
+    writer.palette = np.array([[1, 1, 1], [2, 2, 2], [3, 3, 3]], np.uint8)
+    for folder in (writer.show_dir, writer.pred_dir):
+        folder.mkdir()
+    writer.write(sample)
+    assert (np.asarray(Image.open(tmp_path / "preds" / "img.png")) == 3).all()  # class 2 is file value 3
+    picture = np.asarray(Image.open(tmp_path / "vis" / "img.png"))
+    assert picture.shape == (4, 3 * 6 + 8, 3)
+    assert (picture[:, 10:16] == 3).all() and (picture[:, 20:] == 255).all()  # prediction, ignored GT
+
+
+def _pixels(array):
+    from mmengine.structures import PixelData
+    return PixelData(data=torch.as_tensor(array)[None])
+
+
+def test_distributed_wrapper_accepts_the_frozen_model(weights_dir):
+    """Plain DDP refuses a model without trainable parameters; the configured wrapper runs it."""
+    cfg = Config.fromfile(str(REPO / "configs" / "cfg_voc21.py"))
+    cfg.model.update(clip_path=str(weights_dir / "tiny_clip.pt"), dino_path=str(weights_dir / "tiny_dino.pth"),
+                     vfm_overrides=TINY_VFM, text_cache_dir=False)
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(cfg.model)
+    assert not any(p.requires_grad for p in model.parameters())
+    wrapped = MODEL_WRAPPERS.build(cfg.model_wrapper_cfg, default_args=dict(module=model, device_ids=[0]))
+    meta = dict(img_shape=(32, 48), ori_shape=(32, 48))
+    data = dict(inputs=[torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8)],
+                data_samples=[SegDataSample(metainfo=meta)])
+    [out] = wrapped.test_step(data)
+    assert out.pred_sem_seg.data.shape == (1, 32, 48)
+
+
+# ---------------------------------------------------------------- summary
+def write_metrics(root, values):
+    for config, miou in values.items():
+        (root / config).mkdir(parents=True)
+        (root / config / "metrics.json").write_text(json.dumps(dict(benchmark=config, mIoU=miou)))
+
+
+def test_summary_tables(tmp_path, capsys):
+    write_metrics(tmp_path, {"cfg_voc21": 64.8, "cfg_ade20k": 21.0, "cfg_custom": 10.0})
+    assert summary.main([str(tmp_path), "--markdown", str(tmp_path / "s.md"), "--csv", str(tmp_path / "s.csv")]) == 0
+    markdown = (tmp_path / "s.md").read_text()
+    assert capsys.readouterr().out == markdown
+    assert "| VOC21 | cfg_voc21 | 64.80 | 65.80 | -1.00 |" in markdown
+    assert "| ADE20K | cfg_ade20k | 21.00 | 20.40 | +0.60 |" in markdown
+    assert "| PC60 | cfg_context60 | missing | 36.70 |  |" in markdown
+    assert "| cfg_custom | cfg_custom | 10.00 |  |  |" in markdown
+    assert "| average |  | missing | 44.35 |  |" in markdown
+    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+    assert [r["benchmark"] for r in rows][:8] == ["VOC21", "PC60", "COCO-Obj", "VOC20", "PC59", "COCO-Stuff",
+                                                  "Cityscapes", "ADE20K"]
+    assert rows[0] == dict(benchmark="VOC21", config="cfg_voc21", mIoU="64.80", paper="65.80", diff="-1.00")
+
+    full = tmp_path / "full"
+    write_metrics(full, {config: paper + 1 for config, (_, paper) in summary.PAPER_MIOU.items()})
+    last = summary.to_markdown(summary.rows(summary.collect(full))).strip().splitlines()[-1]
+    assert last == "| average |  | 45.35 | 44.35 | +1.00 |"
+
+
+# ---------------------------------------------------------------- eval_all.sh
+STUB = """#!/usr/bin/env bash
+# Stands in for python: fakes eval.py runs, hands everything else to the real interpreter.
+if [[ $1 != eval.py ]]; then exec "$REAL_PYTHON" "$@"; fi
+shift
+extra=()
+while (( $# )); do
+  case $1 in
+    --config) config=$2; shift 2 ;;
+    --work-dir) work=$2; shift 2 ;;
+    *) extra+=("$1"); shift ;;
+  esac
+done
+name=$(basename "$config" .py)
+echo "$name gpu=$CUDA_VISIBLE_DEVICES${extra[*]:+ ${extra[*]}}" >> "$STUB_LOG"
+if [[ $name == "${STUB_FAIL:-}" ]]; then echo "boom: $name" >&2; exit 3; fi
+sleep "${STUB_SLEEP:-0}"
+echo "{\\"benchmark\\": \\"$name\\", \\"mIoU\\": 50.0}" > "$work/metrics.json"
+"""
+
+
+@pytest.fixture()
+def eval_all(tmp_path):
+    stub = tmp_path / "python-stub"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+
+    def run(*args, **env):
+        full_env = {key: value for key, value in os.environ.items() if key != "GPUS"}
+        full_env.update(PYTHON=str(stub), REAL_PYTHON=sys.executable, STUB_LOG=str(tmp_path / "calls"),
+                        WORK_ROOT=str(tmp_path / "work"), **env)
+        result = subprocess.run(["bash", "eval_all.sh", *args], cwd=REPO, env=full_env, capture_output=True,
+                                text=True, timeout=120)
+        calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
+        return result, calls
+    return run
+
+
+def test_eval_all_runs_every_benchmark_and_summarises(eval_all, tmp_path):
+    result, calls = eval_all("0,1", "--pamr", "off")
+    assert result.returncode == 0, result.stderr
+    order = ["cfg_voc21", "cfg_context60", "cfg_coco_object", "cfg_voc20", "cfg_context59", "cfg_coco_stuff164k",
+             "cfg_city_scapes", "cfg_ade20k"]
+    assert sorted(calls) == sorted(f"{name} gpu={i % 2} --pamr off" for i, name in enumerate(order))
+    markdown = (tmp_path / "work" / "summary.md").read_text()
+    assert "| VOC21 | cfg_voc21 | 50.00 | 65.80 | -15.80 |" in markdown
+    assert "| average |  | 50.00 | 44.35 | +5.65 |" in markdown
+    rows = list(csv.DictReader((tmp_path / "work" / "summary.csv").open()))
+    assert len(rows) == 9 and rows[-1]["diff"] == "+5.65"
+
+
+def test_eval_all_fails_fast(eval_all, tmp_path):
+    result, calls = eval_all(STUB_FAIL="cfg_context60", GPUS="3")
+    assert result.returncode == 1
+    assert calls == ["cfg_voc21 gpu=3", "cfg_context60 gpu=3"]  # nothing after the failure
+    assert "cfg_context60 failed on gpu 3" in result.stderr and "boom: cfg_context60" in result.stderr
+    assert not (tmp_path / "work" / "summary.md").exists()
+
+
+def test_eval_all_stops_the_other_gpus(eval_all, tmp_path):
+    start = time.monotonic()
+    result, calls = eval_all("0,1", STUB_FAIL="cfg_context60", STUB_SLEEP="30")
+    assert result.returncode == 1 and time.monotonic() - start < 20
+    assert "eval_all: stopped after a failure" in result.stderr
+    assert not (tmp_path / "work" / "cfg_voc21" / "metrics.json").exists()  # killed while running
