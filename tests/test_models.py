@@ -143,3 +143,30 @@ def test_dino_mismatch_names_keys(tmp_path):
     with pytest.raises(WeightsError) as err:  # a tiny checkpoint into the full-size model
         weights.load_vfm("dino_vitb8", str(path), weights.build_vfm("dino_vitb8", depth=1))
     assert "dino.pth" in str(err.value) and "unexpected ['blocks.1." in str(err.value)
+
+
+def test_dinov2_release_checkpoint_and_keys(tmp_path):
+    torch.manual_seed(6)
+    model = weights.build_vfm("dinov2_vitb14_reg4", **TINY_VFM)
+    with torch.no_grad():
+        for p in (model.cls_token, model.reg_token, model.pos_embed):
+            p.normal_(std=0.5)
+    state = model.state_dict()  # write it back in DINOv2's release layout
+    release = {k: v for k, v in state.items() if k not in ("reg_token", "cls_token", "pos_embed")}
+    cls_pos = torch.randn(1, 1, 128)
+    release.update(register_tokens=state["reg_token"], cls_token=state["cls_token"] - cls_pos,
+                   pos_embed=torch.cat([cls_pos, state["pos_embed"]], dim=1), mask_token=torch.zeros(1, 128))
+    torch.save(release, tmp_path / "dinov2.pth")
+    loaded = weights.load_vfm("dinov2_vitb14_reg4", str(tmp_path / "dinov2.pth"),
+                              weights.build_vfm("dinov2_vitb14_reg4", **TINY_VFM))
+    spec = dino_keys.VFM_SPECS["dinov2_vitb14_reg4"]
+    crops = torch.randn(1, 3, 224, 224)
+    images = dino_keys.reference_dino_images(crops, spec)
+    assert images.shape == (1, 3, 518, 518)
+    keys, grid = dino_keys.last_block_keys(loaded, images)
+    captured = {}
+    model.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.setdefault("qkv", o))
+    model.forward_features(images)
+    expected = captured["qkv"].reshape(1, 1374, 3, 2, 64)[:, :, 1].transpose(1, 2)[:, :, 5:]
+    assert grid == (37, 37)
+    torch.testing.assert_close(keys, expected, atol=1e-4, rtol=1e-4)
