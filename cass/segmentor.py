@@ -141,11 +141,8 @@ class CASSSegmentor(BaseSegmentor):
             self.vfm = None  # ordinary attention never looks at DINO
         elif vfm_model is not None:
             self.vfm = vfm_model
-        elif vfm_overrides:
-            self.vfm = build_vfm(vfm, **vfm_overrides) if dino_path is None else load_vfm(
-                vfm, dino_path, build_vfm(vfm, **vfm_overrides))
         else:
-            self.vfm = load_vfm(vfm, dino_path)
+            self.vfm = load_vfm(vfm, dino_path, build_vfm(vfm, **(vfm_overrides or {})))
         if self.vfm is not None:
             self.vfm.eval().requires_grad_(False)
             if self.vfm.blocks[-1].attn.num_heads != self.clip.visual.transformer.resblocks[-1].attn.num_heads:

@@ -159,7 +159,11 @@ def dino_state_dict(checkpoint: dict) -> dict:
 
 
 def load_vfm(vfm: str = "dino_vitb8", path: str | None = None, model: nn.Module | None = None) -> nn.Module:
-    """DINO (or DINOv2) with release weights, from ``path`` or the public URL."""
+    """DINO (or DINOv2) with release weights, from ``path`` or the public URL.
+
+    ``model`` is the (possibly resized) architecture to load into; default the
+    full-size one of ``vfm``.
+    """
     model = model if model is not None else build_vfm(vfm)
     file = _fetch_public(VFM_URLS[vfm], "dino_path (--dino-path)") if path is None else _local_file(path, "DINO")
     checkpoint = _torch_load(file)
