@@ -65,6 +65,10 @@ def _files(folder: str, suffix: str) -> list[str]:
     return sorted(found)
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def _sample(items: list, count: int | None) -> list:
     """``count`` items evenly spread over ``items`` (all of them when None)."""
     if count is None or count >= len(items):
@@ -92,10 +96,9 @@ def check_dataset(dataset_cfg: dict, label_samples: int | None = 32, class_count
     from mmseg.registry import DATASETS
 
     report = DataReport()
-    problems = report.problems
     root = dataset_cfg.get("data_root")
     if root and not osp.isdir(root):
-        problems.append(f"data root not found: {_where(root)}; set --data-root or the config's data_root")
+        report.problems.append(f"data root not found: {_where(root)}; set --data-root or the config's data_root")
         return report
     prefix = dataset_cfg.get("data_prefix", {})
     img_dir = _under(root, prefix.get("img_path", ""))
@@ -103,72 +106,75 @@ def check_dataset(dataset_cfg: dict, label_samples: int | None = 32, class_count
     ann_file = _under(root, dataset_cfg["ann_file"]) if dataset_cfg.get("ann_file") else None
     for what, path in (("image folder", img_dir), ("label folder", seg_dir)):
         if path is not None and not osp.isdir(path):
-            problems.append(f"{what} not found: {_where(path)}")
+            report.problems.append(f"{what} not found: {_where(path)}")
     if ann_file is not None and not osp.isfile(ann_file):
-        problems.append(f"split file not found: {_where(ann_file)}")
-    if problems:
+        report.problems.append(f"split file not found: {_where(ann_file)}")
+    if report.problems:
         return report
 
     dataset = DATASETS.build(dict(dataset_cfg, pipeline=[], lazy_init=True))
-    name = type(dataset).__name__
-    num_classes = len(dataset.metainfo["classes"])
+    name, num_classes = type(dataset).__name__, len(dataset.metainfo["classes"])
     if class_count is not None and class_count != num_classes:
-        problems.append(f"{class_source} has {class_count} classes but {name} declares {num_classes}")
+        report.problems.append(f"{class_source} has {class_count} classes but {name} declares {num_classes}")
     data_list = dataset.load_data_list()
     report.images = len(data_list)
-    img_suffix, seg_suffix = dataset.img_suffix, dataset.seg_map_suffix
+    report.problems += _image_problems(data_list, img_dir, ann_file, dataset.img_suffix)
+    if not data_list or seg_dir is None:
+        return report
+    report.problems += _label_file_problems(data_list, img_dir, seg_dir, ann_file, dataset.img_suffix,
+                                            dataset.seg_map_suffix)
+    sample = _sample([d["seg_map_path"] for d in data_list if osp.isfile(d["seg_map_path"])], label_samples)
+    report.problems += _check_label_values(sample, num_classes, dataset.reduce_zero_label, dataset.ignore_index,
+                                           name)
+    report.labels_read = len(sample)
+    return report
 
+
+def _image_problems(data_list: list[dict], img_dir: str, ann_file: str | None, img_suffix: str) -> list[str]:
+    """No images at all, or listed images missing."""
     if not data_list:
         if ann_file is not None:
-            problems.append(f"split file lists no images: {ann_file}")
-        else:
-            others = sorted({osp.splitext(f)[1] for f in _files(img_dir, "")} - {""})
-            hint = f"; found {', '.join(repr('*' + s) for s in others)} files" if others else ""
-            problems.append(f"no '*{img_suffix}' images in {img_dir}{hint}")
-        return report
-    if ann_file is not None:
-        absent = [d["img_path"] for d in data_list if not osp.isfile(d["img_path"])]
-        if absent:
-            problems.append(f"{len(absent)} of {len(data_list)} images listed in {ann_file} are missing "
-                            f"(e.g. {absent[0]})")
-    if seg_dir is None:
-        return report
+            return [f"split file lists no images: {ann_file}"]
+        others = sorted({osp.splitext(f)[1] for f in _files(img_dir, "")} - {""})
+        hint = f"; found {', '.join(repr('*' + s) for s in others)} files" if others else ""
+        return [f"no '*{img_suffix}' images in {img_dir}{hint}"]
+    absent = [d["img_path"] for d in data_list if not osp.isfile(d["img_path"])]
+    if ann_file is not None and absent:
+        return [f"{len(absent)} of {len(data_list)} images listed in {ann_file} are missing (e.g. {absent[0]})"]
+    return []
 
+
+def _label_file_problems(data_list: list[dict], img_dir: str, seg_dir: str, ann_file: str | None,
+                         img_suffix: str, seg_suffix: str) -> list[str]:
+    """Labels under another suffix, images without labels, labels without images."""
     unlabeled = [d["img_path"] for d in data_list if not osp.isfile(d["seg_map_path"])]
     if len(unlabeled) == len(data_list):
         # Nothing matches: most often the labels exist under another suffix.
-        first = next(d["seg_map_path"] for d in data_list)
+        first = data_list[0]["seg_map_path"]
         stem = first[:-len(seg_suffix)] if seg_suffix else first
         found = sorted({p[len(stem):] for p in glob(escape(stem) + "*") if p != first})
-        if found:
-            source = _label_source(seg_suffix)
-            problems.append(f"wrong label suffix: no '*{seg_suffix}' labels in {seg_dir}, but "
-                            f"{', '.join(repr('*' + s) for s in found)} files are there"
-                            + (f"; {source}" if source else ""))
-        else:
-            problems.append(f"no '*{seg_suffix}' labels in {seg_dir} for any of the {len(data_list)} images")
-        return report
-    if ann_file is None:
-        labels = _files(seg_dir, seg_suffix)
-        image_stems = {osp.relpath(d["seg_map_path"], seg_dir) for d in data_list}
-        orphans = sorted(set(labels) - image_stems)
-        if unlabeled or orphans:
-            details = []
-            if unlabeled:
-                details.append(f"{len(unlabeled)} images without a label, e.g. {unlabeled[0]}")
-            if orphans:
-                details.append(f"{len(orphans)} labels without an image, e.g. {osp.join(seg_dir, orphans[0])}")
-            problems.append(f"image/label count mismatch: {len(data_list)} '*{img_suffix}' images in {img_dir}, "
-                            f"{len(labels)} '*{seg_suffix}' labels in {seg_dir} ({'; '.join(details)})")
-    elif unlabeled:
-        problems.append(f"image/label count mismatch: {len(data_list)} images listed in {ann_file}, "
-                        f"{len(data_list) - len(unlabeled)} with a '*{seg_suffix}' label in {seg_dir} "
-                        f"(e.g. no label for {unlabeled[0]})")
-
-    sample = _sample([d["seg_map_path"] for d in data_list if osp.isfile(d["seg_map_path"])], label_samples)
-    problems += _check_label_values(sample, num_classes, dataset.reduce_zero_label, dataset.ignore_index, name)
-    report.labels_read = len(sample)
-    return report
+        if not found:
+            return [f"no '*{seg_suffix}' labels in {seg_dir} for any of the {len(data_list)} images"]
+        source = _label_source(seg_suffix)
+        return [f"wrong label suffix: no '*{seg_suffix}' labels in {seg_dir}, but "
+                f"{', '.join(repr('*' + s) for s in found)} files are there" + (f"; {source}" if source else "")]
+    if ann_file is not None:  # the split file decides which labels are needed
+        if not unlabeled:
+            return []
+        return [f"image/label count mismatch: {len(data_list)} images listed in {ann_file}, "
+                f"{len(data_list) - len(unlabeled)} with a '*{seg_suffix}' label in {seg_dir} "
+                f"(e.g. no label for {unlabeled[0]})"]
+    labels = _files(seg_dir, seg_suffix)
+    orphans = sorted(set(labels) - {osp.relpath(d["seg_map_path"], seg_dir) for d in data_list})
+    if not unlabeled and not orphans:
+        return []
+    details = []
+    if unlabeled:
+        details.append(f"{_count(len(unlabeled), 'image')} without a label, e.g. {unlabeled[0]}")
+    if orphans:
+        details.append(f"{_count(len(orphans), 'label')} without an image, e.g. {osp.join(seg_dir, orphans[0])}")
+    return [f"image/label count mismatch: {len(data_list)} '*{img_suffix}' images in {img_dir}, "
+            f"{len(labels)} '*{seg_suffix}' labels in {seg_dir} ({'; '.join(details)})"]
 
 
 def _check_label_values(paths: Sequence[str], num_classes: int, reduce_zero_label: bool, ignore_index: int,

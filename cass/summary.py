@@ -1,6 +1,7 @@
 """Table of reproduced vs published mIoU from ``eval.py``'s ``metrics.json`` files.
 
     python -m cass.summary work_dirs/ [--markdown work_dirs/summary.md] [--csv work_dirs/summary.csv]
+    python cass/summary.py work_dirs/   # the same without importing torch (standard library only)
 
 Reads ``<root>/*/metrics.json`` (one folder per benchmark, as ``eval_all.sh``
 writes them) and prints a Markdown table in the paper's column order: each
@@ -50,9 +51,11 @@ def rows(reports: dict[str, dict]) -> list[dict]:
     for config in sorted(set(reports) - set(PAPER_MIOU)):
         table.append(dict(benchmark=config, config=config, mIoU=reports[config].get("mIoU"), paper=None, diff=None))
     paper_rows = table[:len(PAPER_MIOU)]
-    mean = sum(r["paper"] for r in paper_rows) / len(paper_rows)
-    ours = None if any(r["mIoU"] is None for r in paper_rows) else sum(r["mIoU"] for r in paper_rows) / len(paper_rows)
-    table.append(dict(benchmark="average", config="", mIoU=ours, paper=mean, diff=None if ours is None else ours - mean))
+    paper_mean = sum(r["paper"] for r in paper_rows) / len(paper_rows)
+    complete = all(r["mIoU"] is not None for r in paper_rows)
+    mean = sum(r["mIoU"] for r in paper_rows) / len(paper_rows) if complete else None
+    table.append(dict(benchmark="average", config="", mIoU=mean, paper=paper_mean,
+                      diff=None if mean is None else mean - paper_mean))
     return table
 
 

@@ -158,8 +158,8 @@ def test_checker_count_mismatch(tmp_path):
     [line] = problems(ade_cfg(tmp_path))
     assert line.startswith("image/label count mismatch: 3 '*.jpg' images")
     assert "3 '*.png' labels" in line
-    assert "1 images without a label, e.g." in line and "ADE_val_2.jpg" in line
-    assert "1 labels without an image, e.g." in line and "ADE_val_9.png" in line
+    assert "1 image without a label, e.g." in line and "ADE_val_2.jpg" in line
+    assert "1 label without an image, e.g." in line and "ADE_val_9.png" in line
 
     voc_layout(tmp_path / "voc")  # with a split file: a listed image without its label
     (tmp_path / "voc" / "SegmentationClass" / f"{'2007_000039'}.png").unlink()

@@ -14,7 +14,6 @@ import torch
 from conftest import TINY_VFM, write_clip_state_dict, write_dino_checkpoint
 from fake_datasets import block_label, voc_layout
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
 from mmseg.datasets import PascalVOCDataset
 from mmseg.registry import MODEL_WRAPPERS, MODELS
 from mmseg.structures import SegDataSample
@@ -38,6 +37,18 @@ def run_eval(args, tmp, timeout=300):
     env = dict(os.environ, CASS_CACHE_DIR=str(tmp / "cache"), CASS_WEIGHTS_DIR=str(tmp / "weights-cache"))
     return subprocess.run([sys.executable, "eval.py", *map(str, args)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def run_eval_parallel(runs, tmp, timeout=300):
+    """Several eval.py processes at once (each spends most of its time importing)."""
+    env = dict(os.environ, CASS_CACHE_DIR=str(tmp / "cache"), CASS_WEIGHTS_DIR=str(tmp / "weights-cache"))
+    procs = [subprocess.Popen([sys.executable, "eval.py", *map(str, args)], cwd=REPO, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in runs]
+    results = []
+    for proc, args in zip(procs, runs):
+        out, err = proc.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    return results
 
 
 def numpy_metrics(labels, preds, num_classes, ignore=255):
@@ -105,22 +116,24 @@ def test_eval_show_dir_is_image_prediction_ground_truth(voc_run):
     assert (picture[:, 200:][gt == 255] == 255).all()
 
 
-def test_eval_errors_are_one_line(tmp_path, voc_run):
-    result = run_eval(["--config", "configs/cfg_nope.py"], tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == "eval.py: config not found: configs/cfg_nope.py"
-
-    result = run_eval(["--config", "configs/cfg_voc21.py", "--data-root", tmp_path / "nowhere"], tmp_path)
-    assert result.returncode == 1
-    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("eval.py:")]
-    assert lines == [result.stderr.strip().splitlines()[-1]]
-    assert lines[0] == f"eval.py: data root not found: {tmp_path / 'nowhere'}; set --data-root or the config's data_root"
+def test_eval_errors_are_one_line(tmp_path):
+    runs = [["--config", "configs/cfg_nope.py"],
+            ["--config", "configs/cfg_voc21.py", "--data-root", tmp_path / "nowhere"]]
+    bad_config, no_data = run_eval_parallel(runs, tmp_path)
+    assert bad_config.returncode == 1
+    assert bad_config.stderr.strip().splitlines()[-1] == "eval.py: config not found: configs/cfg_nope.py"
+    assert no_data.returncode == 1
+    lines = [line for line in no_data.stderr.strip().splitlines() if line.startswith("eval.py:")]
+    assert lines == [no_data.stderr.strip().splitlines()[-1]]
+    assert lines[0] == (f"eval.py: data root not found: {tmp_path / 'nowhere'}; "
+                        "set --data-root or the config's data_root")
 
 
 def test_eval_missing_weights(tmp_path, voc_run, capsys):
-    code = load_eval_script().main(["--config", str(REPO / "configs" / "cfg_voc21.py"), "--data-root", str(voc_run["data"]),
-                             "--clip-path", str(tmp_path / "missing.pt"), "--work-dir", str(tmp_path / "work"),
-                             "--cfg-options", "test_dataloader.num_workers=0"])
+    code = load_eval_script().main([
+        "--config", str(REPO / "configs" / "cfg_voc21.py"), "--data-root", str(voc_run["data"]),
+        "--clip-path", str(tmp_path / "missing.pt"), "--work-dir", str(tmp_path / "work"),
+        "--cfg-options", "test_dataloader.num_workers=0"])
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("eval.py: ") and "missing.pt" in err[-1]
@@ -164,8 +177,7 @@ def test_distributed_wrapper_accepts_the_frozen_model(weights_dir):
     """Plain DDP refuses a model without trainable parameters; the configured wrapper runs it."""
     cfg = Config.fromfile(str(REPO / "configs" / "cfg_voc21.py"))
     cfg.model.update(clip_path=str(weights_dir / "tiny_clip.pt"), dino_path=str(weights_dir / "tiny_dino.pth"),
-                     vfm_overrides=TINY_VFM, text_cache_dir=False)
-    init_default_scope(cfg.default_scope)
+                     vfm_overrides=TINY_VFM, text_cache_dir=False, name_path=None, classes=["sky", "cat", "dog"])
     model = MODELS.build(cfg.model)
     assert not any(p.requires_grad for p in model.parameters())
     wrapped = MODEL_WRAPPERS.build(cfg.model_wrapper_cfg, default_args=dict(module=model, device_ids=[0]))

@@ -1,0 +1,21 @@
+# CASS with CLIP ViT-B/16 and DINO ViT-B/8, the published setting.
+# Each benchmark config adds its class-name file and its four weights
+# (cass/segmentor.py documents every key).
+# 'cass' registers the segmentor and the datasets, 'cass.evaluation' the metric
+# and the result writer, so a config alone builds everything.
+custom_imports = dict(imports=['cass', 'cass.evaluation'], allow_failed_imports=False)
+model = dict(
+    type='CASSSegmentor',
+    clip_path='ViT-B/16',  # or a local OpenAI .pt archive / state dict
+    vfm='dino_vitb8',
+    dino_path=None,  # None downloads the public DINO checkpoint
+    attn_strategy='spectral',
+    slide_crop=224,
+    slide_stride=112,
+    logit_scale=40,
+    prob_thd=0.0,
+    eigenscaling=True,
+    prior_from_crop=False,
+    pamr_steps=0,  # eval.py --pamr on sets 10
+    precision='auto',
+)

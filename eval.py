@@ -1,0 +1,138 @@
+"""Evaluate CASS on a segmentation benchmark with mmseg's test loop.
+
+One benchmark, one GPU (the paper's protocol, no PAMR):
+
+    python eval.py --config configs/cfg_voc21.py --pamr off
+
+Several GPUs for one benchmark (mmengine's distributed runner; each GPU takes
+a share of the images, the metric is computed over all of them):
+
+    torchrun --nproc_per_node=4 eval.py --config configs/cfg_ade20k.py --launcher pytorch
+
+The dataset is checked first (folders, label suffixes, image/label counts,
+label values on a sample; ``python -m cass.check_data`` checks all of them).
+Prints mIoU, mAcc and aAcc (the per-class table is logged by mmseg's
+IoUMetric) and writes them, per class too, to ``<work-dir>/metrics.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mmengine.config import Config, DictAction
+
+PAMR_STEPS = {"off": 0, "on": 10}
+LAUNCHERS = ("none", "pytorch", "slurm", "mpi")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Evaluate CASS on a benchmark config (mIoU, mAcc, aAcc).",
+        epilog="Multi-GPU: torchrun --nproc_per_node=N eval.py --config ... --launcher pytorch")
+    parser.add_argument("--config", type=Path, required=True,
+                        help="benchmark config, e.g. configs/cfg_voc21.py")
+    parser.add_argument("--pamr", choices=sorted(PAMR_STEPS), default="off",
+                        help="PAMR post-processing (10 steps); the paper's numbers use off (default)")
+    parser.add_argument("--work-dir", type=Path,
+                        help="logs and metrics.json go here (default: work_dirs/<config name>)")
+    parser.add_argument("--show-dir", type=Path,
+                        help="write one picture per image: image | prediction | ground truth, "
+                             "in the dataset's palette")
+    parser.add_argument("--save-preds", type=Path,
+                        help="write each raw prediction as a label PNG, encoded like the dataset's label files")
+    parser.add_argument("--data-root", type=Path, help="dataset root, replacing the config's data_root")
+    parser.add_argument("--clip-path", help="CLIP weights: 'ViT-B/16' (download) or a local OpenAI .pt file")
+    parser.add_argument("--dino-path", help="local DINO checkpoint (default: download the public one)")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+                        help="config overrides key=value, applied last, e.g. model.slide_stride=56")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="none",
+                        help="job launcher for multi-GPU runs (pytorch for torchrun)")
+    parser.add_argument("--skip-data-check", action="store_true",
+                        help="do not check the dataset's files before building the model")
+    # torch.distributed.launch (deprecated) passes --local-rank; torchrun sets LOCAL_RANK.
+    parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Load the benchmark config (importing cass through its custom_imports) and
+    apply the command-line settings."""
+    cfg = Config.fromfile(str(args.config))
+    cfg.model.pamr_steps = PAMR_STEPS[args.pamr]
+    if args.clip_path is not None:
+        cfg.model.clip_path = args.clip_path
+    if args.dino_path is not None:
+        cfg.model.dino_path = args.dino_path
+    if args.data_root is not None:
+        cfg.test_dataloader.dataset.data_root = str(args.data_root)
+    cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = str(args.work_dir or Path("work_dirs") / args.config.stem)
+    if cfg.test_dataloader.get("num_workers", 0) == 0:
+        cfg.test_dataloader.persistent_workers = False  # torch refuses persistent workers without workers
+    if args.show_dir is not None or args.save_preds is not None:
+        writer = dict(type="SegResultWriter", show_dir=args.show_dir and str(args.show_dir),
+                      pred_dir=args.save_preds and str(args.save_preds))
+        cfg.custom_hooks = [*cfg.get("custom_hooks", []), writer]
+    return cfg
+
+
+def evaluate(cfg: Config, benchmark: str) -> dict | None:
+    """Run the test loop; the report (main process only, else None)."""
+    from mmengine.dist import is_main_process
+    from mmengine.runner import Runner
+
+    from cass.evaluation import PerClassIoUMetric, write_metrics_json
+
+    runner = Runner.from_cfg(cfg)
+    metrics = runner.test()
+    if not is_main_process():
+        return None
+    table = next((m for m in runner.test_loop.evaluator.metrics if isinstance(m, PerClassIoUMetric)), None)
+    dataset = cfg.test_dataloader.dataset
+    report = dict(
+        benchmark=benchmark,
+        dataset=dataset.type,
+        data_root=dataset.get("data_root"),
+        images=table.num_images if table else len(runner.test_loop.dataloader.dataset),
+        pamr_steps=cfg.model.pamr_steps,
+        **{key: round(float(value), 2) for key, value in metrics.items()},  # IoUMetric rounds to 0.01
+        per_class=table.per_class if table else {},
+    )
+    write_metrics_json(Path(cfg.work_dir) / "metrics.json", report)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    if not args.config.is_file():  # answered before torch and mmseg are imported
+        print(f"eval.py: config not found: {args.config}", file=sys.stderr)
+        return 1
+    from cass import VocabularyError, WeightsError
+    from cass.check_data import check_config
+
+    try:
+        cfg = build_config(args)
+        problems = [] if args.skip_data_check else check_config(cfg, label_samples=4).problems
+        for problem in problems:
+            print(f"eval.py: {problem}", file=sys.stderr)
+        if problems:
+            return 1
+        report = evaluate(cfg, args.config.stem)
+    except (FileNotFoundError, VocabularyError, WeightsError) as err:  # anything else: a bug, with its traceback
+        print(f"eval.py: {err}", file=sys.stderr)
+        return 1
+    if report is not None:
+        scores = "  ".join(f"{key} {report[key]:.2f}" for key in ("mIoU", "mAcc", "aAcc") if key in report)
+        print(f"\n{report['benchmark']} ({report['dataset']}, {report['images']} images, "
+              f"PAMR {args.pamr}): {scores}")
+        print(f"per-class table above; metrics written to {Path(cfg.work_dir) / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Evaluate CASS on the paper's eight benchmarks, then tabulate mIoU against the
+# published numbers.
+#
+#   bash eval_all.sh                  # GPU 0, one benchmark after another
+#   bash eval_all.sh 0,1,2,3          # four GPUs, one benchmark per GPU at a time
+#   GPUS=0,1 bash eval_all.sh         # the same through the environment
+#   bash eval_all.sh 0,1 --pamr on    # further arguments go to every eval.py run
+#
+# Per benchmark: $WORK_ROOT/cfg_<name>/{metrics.json, eval.log} (WORK_ROOT
+# defaults to work_dirs). At the end: $WORK_ROOT/summary.md and summary.csv.
+# Fail-fast: the first failing benchmark stops the others and the script exits 1.
+# PYTHON picks the interpreter (default: python).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+gpus=${GPUS:-0}
+if [[ $# -gt 0 && $1 =~ ^[0-9]+(,[0-9]+)*$ ]]; then
+  gpus=$1
+  shift
+fi
+IFS=, read -r -a gpu_list <<< "$gpus"
+work_root=${WORK_ROOT:-work_dirs}
+python=${PYTHON:-python}
+# The paper's column order.
+benchmarks=(voc21 context60 coco_object voc20 context59 coco_stuff164k city_scapes ade20k)
+
+run_benchmark() {  # gpu name [eval.py args...]
+  local gpu=$1 name=cfg_$2
+  shift 2
+  local log=$work_root/$name/eval.log
+  mkdir -p "$work_root/$name"
+  echo "eval_all: [gpu $gpu] $name"
+  local cmd=("$python" eval.py --config "configs/$name.py" --work-dir "$work_root/$name" "$@")
+  if (( ${#gpu_list[@]} == 1 )); then
+    CUDA_VISIBLE_DEVICES=$gpu "${cmd[@]}" 2>&1 | tee "$log" && return 0
+  else
+    CUDA_VISIBLE_DEVICES=$gpu "${cmd[@]}" > "$log" 2>&1 && return 0
+  fi
+  echo "eval_all: $name failed on gpu $gpu; end of $log:" >&2
+  tail -n 5 "$log" >&2
+  return 1
+}
+
+worker() {  # k [eval.py args...]: benchmarks k, k + #gpus, ... on the k-th GPU
+  local k=$1
+  shift
+  local i
+  for (( i = k; i < ${#benchmarks[@]}; i += ${#gpu_list[@]} )); do
+    run_benchmark "${gpu_list[k]}" "${benchmarks[i]}" "$@" || return 1
+  done
+}
+
+# Job control: each worker gets its own process group, so a failure can stop
+# the other workers together with their eval.py processes.
+set -m
+pids=()
+for k in "${!gpu_list[@]}"; do
+  worker "$k" "$@" &
+  pids+=("$!")
+done
+for _ in "${pids[@]}"; do
+  if ! wait -n; then
+    for pid in "${pids[@]}"; do
+      kill -- "-$pid" 2> /dev/null || true
+    done
+    wait || true
+    echo "eval_all: stopped after a failure" >&2
+    exit 1
+  fi
+done
+
+# As a script, not `-m cass.summary`: the summary needs only the standard library.
+"$python" cass/summary.py "$work_root" --markdown "$work_root/summary.md" --csv "$work_root/summary.csv"
+echo "eval_all: summary in $work_root/summary.md and $work_root/summary.csv"
