@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from mmengine.config import Config
@@ -95,12 +96,13 @@ def image_pipeline(cfg: Config) -> list[dict]:
     return steps
 
 
-def as_rgb_uint8(array: np.ndarray) -> np.ndarray:
-    """(H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA array -> (H, W, 3) uint8 RGB.
+def as_bgr_uint8(array: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA array -> (H, W, 3) uint8 BGR.
 
     Done as OpenCV does when mmseg loads such a file: grey is repeated over the
     three channels and alpha is dropped. 16-bit and float ([0, 1]) images are
-    scaled to 8 bits by scikit-image's ``img_as_ubyte`` (16-bit: the high byte).
+    scaled to 8 bits by scikit-image's ``img_as_ubyte`` (16-bit: the high byte,
+    which is also what OpenCV keeps of a 16-bit PNG).
     """
     if array.ndim == 2:
         array = array[..., None]
@@ -114,16 +116,32 @@ def as_rgb_uint8(array: np.ndarray) -> np.ndarray:
         array = img_as_ubyte(array)
     except ValueError as err:  # floats outside [-1, 1]
         raise ImageError(f"float image values must lie in [0, 1] ({err})") from None
-    if array.shape[2] == 1:
-        return np.repeat(array, 3, axis=2)
-    return array[..., :3]
+    conversion = {1: cv2.COLOR_GRAY2BGR, 3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGR}[array.shape[2]]
+    return cv2.cvtColor(np.ascontiguousarray(array), conversion)
 
 
 def pil_to_array(image: Image.Image) -> np.ndarray:
-    """A PIL image as an array for :func:`as_rgb_uint8`; palette, CMYK, ... become RGB."""
+    """A PIL image as an array for :func:`as_bgr_uint8`; palette, CMYK, ... become RGB."""
     if image.mode in ("L", "RGB", "RGBA") or image.mode.startswith("I;16"):
         return np.asarray(image)
     return np.asarray(image.convert("RGB"))
+
+
+def check_image_file(path: str | os.PathLike) -> None:
+    """Raise :class:`ImageError` unless ``path`` is an existing file (before any slow work)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image not found: {path}" if not path.exists() else f"not a file: {path}")
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {str(device)!r}: use 'cpu', 'cuda' or 'cuda:<index>'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available here")
+    return device
 
 
 class Segmenter:
@@ -171,7 +189,14 @@ class Segmenter:
         # Built in the config's registry scope, as mmseg's runner does (nested
         # parts such as the data pre-processor are looked up there too).
         model_cfg.setdefault("_scope_", cfg.get("default_scope", "mmseg"))
-        self.model: CASSSegmentor = MODELS.build(model_cfg).to(device).eval()
+        device = _device(device)
+        try:
+            self.model: CASSSegmentor = MODELS.build(model_cfg)
+        except TypeError as err:  # a misspelt setting
+            if "unexpected keyword argument" not in str(err):
+                raise
+            raise ValueError(f"unknown model setting: {err}") from None
+        self.model.to(device).eval()
         self.device = next(self.model.clip.parameters()).device  # resolved: 'cuda' -> 'cuda:0'
 
         steps = image_pipeline(cfg)
@@ -205,12 +230,10 @@ class Segmenter:
             image = pil_to_array(image)
         if not isinstance(image, np.ndarray):
             raise ImageError(f"expected an image path, an RGB array or a PIL image, got {type(image).__name__}")
-        bgr = np.ascontiguousarray(as_rgb_uint8(image)[..., ::-1])
-        return self.array_loader(dict(img=bgr))
+        return self.array_loader(dict(img=as_bgr_uint8(image)))
 
     def _load_file(self, path: Path) -> dict:
-        if not path.is_file():
-            raise ImageError(f"image not found: {path}" if not path.exists() else f"not a file: {path}")
+        check_image_file(path)
         try:
             return self.file_loader(dict(img_path=str(path)))
         except OSError as err:
@@ -226,9 +249,9 @@ class Segmenter:
         height, width = original.shape[:2]
         try:
             packed = self.transforms(results)
-        except Exception as err:  # noqa: BLE001 - cv2 cannot resize to a zero-pixel side
-            raise ImageError(f"cannot resize a {width}x{height} image for the model "
-                             f"({type(err).__name__}); it is too elongated") from None
+        except cv2.error:  # the resized short side rounds to zero pixels
+            raise ImageError(f"a {width}x{height} image is too elongated to resize for the model: "
+                             "crop it to a less elongated shape") from None
         small = min(packed["inputs"].shape[-2:])
         if small < self.model.clip.visual.conv1.stride[0]:
             raise ImageError(f"a {width}x{height} image is resized to {tuple(packed['inputs'].shape[-2:])} pixels, "
@@ -237,4 +260,4 @@ class Segmenter:
         sample = self.model.test_step(batch)[0]
         return Segmentation(probs=sample.seg_logits.data.cpu().numpy(),
                             labels=sample.pred_sem_seg.data[0].cpu().numpy(),
-                            class_names=self.class_names, image=original[..., ::-1])
+                            class_names=self.class_names, image=cv2.cvtColor(original, cv2.COLOR_BGR2RGB))

@@ -22,6 +22,11 @@ class LegendEntry:
     color: tuple[int, int, int]
 
 
+def format_share(share: float) -> str:
+    """``12.3%``; a class present on less than 0.05 % of the pixels shows ``<0.1%``, not ``0.0%``."""
+    return f"{share:.1f}%" if share >= 0.05 else "<0.1%"
+
+
 def class_colors(num_classes: int) -> np.ndarray:
     """(C, 3) uint8 saturated colours, hues spaced by the golden ratio so that
     neighbouring class indices look different."""
@@ -58,7 +63,7 @@ def render(image: np.ndarray, labels: np.ndarray, class_names: list[str],
     colors = class_colors(len(class_names))
     entries = legend_entries(labels, class_names, colors)
     font = ImageFont.load_default(size=max(12, height // 32))
-    lines = [f"{e.name}  {e.share:.1f}%" for e in entries]
+    lines = [f"{e.name}  {format_share(e.share)}" for e in entries]
     size = int(font.getbbox("Mg")[3])
     pad, row = max(4, size // 2), int(size * 1.5)
     text_width = max(int(font.getlength(line)) for line in lines)
