@@ -18,6 +18,7 @@ from mmseg.models.segmentors import BaseSegmentor
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from mmseg.utils import stack_batch
+from open_clip.model import convert_weights_to_lp
 from torch import Tensor, nn
 
 from . import clip_vit, spectral, text
@@ -206,7 +207,11 @@ class CASSSegmentor(BaseSegmentor):
         visual = self.clip.visual
         dtype = self._dtype(None, device)
         if visual.conv1.weight.dtype != dtype:
-            visual.to(dtype)
+            # like OpenAI's half-precision CLIP: matrices in low precision, LayerNorms
+            # and embeddings in float32 (LayerNormFp32 computes in float32)
+            visual.float()
+            if dtype != torch.float32:
+                convert_weights_to_lp(visual, dtype)
         if self.vfm is not None:
             vfm_dtype = self._dtype(self.vfm_precision, device)
             if self.vfm.patch_embed.proj.weight.dtype != vfm_dtype:
@@ -278,6 +283,11 @@ class CASSSegmentor(BaseSegmentor):
         Returns:
             (Q, H_i, W_i) float32 logits per image.
         """
+        patch = self.clip.visual.conv1.kernel_size[0]
+        for img in images:
+            if min(img.shape[-2:]) < patch:
+                raise ValueError(f"image of {tuple(img.shape[-2:])} px after resizing is smaller than one "
+                                 f"CLIP patch ({patch} px); it is too thin to segment")
         whole = self.slide_crop <= 0
         boxes = [[(0, 0, *img.shape[-2:])] if whole else
                  slide_windows(*img.shape[-2:], self.slide_crop, self.slide_stride) for img in images]
@@ -322,7 +332,10 @@ class CASSSegmentor(BaseSegmentor):
         if self.pamr_steps > 0:
             guide = F.interpolate(image[None].float(), size=out_size, mode="bilinear", align_corners=False)
             logits = pamr(guide, logits, self.pamr_steps, self.pamr_dilations)
-        probs = (logits[0] * self.logit_scale).softmax(0)
+        # softmax in place: at the original size of a large image every copy counts
+        probs = logits[0].mul_(self.logit_scale)
+        probs.sub_(probs.amax(0, keepdim=True)).exp_()
+        probs.div_(probs.sum(0, keepdim=True))
         if len(self.queries) != self.num_classes:
             merged = probs.new_zeros(self.num_classes, *out_size)
             for q, c in enumerate(self.query_class.tolist()):

@@ -166,3 +166,18 @@ def test_data_preprocessor_pads_mixed_sizes(build):
                 data_samples=[SegDataSample(), SegDataSample()])
     out = model.data_preprocessor(data, training=False)
     assert out["inputs"].shape == (2, 3, 25, 30)
+
+
+@pytest.mark.parametrize("precision, agreement", [("fp16", 0.99), ("bf16", 0.95)])
+def test_low_precision_agrees_with_float32(build, precision, agreement):
+    img = random_image(224, 300, seed=4)
+    ref = predict(build(precision="fp32"), img)
+    low = predict(build(precision=precision), img)
+    assert torch.isfinite(low.seg_logits.data).all()
+    same = (low.pred_sem_seg.data == ref.pred_sem_seg.data).float().mean().item()
+    assert same >= agreement
+
+
+def test_too_thin_image_is_a_clear_error(build):
+    with pytest.raises(ValueError, match="smaller than one CLIP patch"):
+        build().predict(normalised(random_image(10, 300))[None])
