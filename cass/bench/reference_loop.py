@@ -77,7 +77,9 @@ def dino_input(crop: Tensor, side: int, mode: str, spec: VFMSpec) -> Tensor:
 
 
 def dino_forward(model: nn.Module, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
-    """Full DINO forward, every block and every block's normalised output, as released.
+    """Full DINO forward, as released: every block, every block's normalised
+    output, and attention computed explicitly (the release's ViT returns each
+    block's attention matrix, so it materialises it; timm's fused kernel is off).
 
     Returns:
         (1, H, n, d) keys of the last block (CLS dropped) and the patch grid.
@@ -92,13 +94,17 @@ def dino_forward(model: nn.Module, images: Tensor) -> tuple[Tensor, tuple[int, i
     attn = model.blocks[-1].attn
     captured = []
     handle = attn.qkv.register_forward_hook(lambda module, args, out: captured.append(out))
+    fused = [block.attn.fused_attn for block in model.blocks]
     try:
         features = []
         for block in model.blocks:
+            block.attn.fused_attn = False
             x = block(x)
             features.append(model.norm(x))
     finally:
         handle.remove()
+        for block, flag in zip(model.blocks, fused):
+            block.attn.fused_attn = flag
     qkv = captured[-1]
     b, n, _ = qkv.shape
     keys = qkv.reshape(b, n, 3, attn.num_heads, -1)[:, :, 1].transpose(1, 2)

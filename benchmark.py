@@ -1,0 +1,607 @@
+"""Time CASS with full-size random-weight models: throughput, memory, stages.
+
+Builds CLIP ViT-B/16 (open_clip's ``ViT-B-16-quickgelu`` architecture, random
+weights, loaded through :func:`cass.weights.clip_from_state_dict` like an
+OpenAI checkpoint) and DINO ViT-B/8 (:func:`cass.weights.build_vfm`, random
+weights), so nothing is downloaded; ``--clip-weights``/``--dino-weights``
+load real checkpoints instead. Random weights cost the same time as real
+ones; only label agreement depends on the weights.
+
+Modes:
+
+* ``fast`` -- :class:`cass.segmentor.CASSSegmentor.predict` (batched crops);
+* ``reference-loop`` -- :mod:`cass.bench.reference_loop`, the released
+  code's structure (one crop at a time, whole image re-encoded per crop,
+  DINO twice per crop, per-head N x N decompositions, per-cluster loops);
+* ``both`` -- the two, and the speed-up;
+* ``text`` -- query embeddings of the vocabulary with the full text tower:
+  cold, then from the on-disk cache, and the released design (full 77-token
+  context, one class at a time) on a few classes, extrapolated.
+
+Times are medians over ``--repeats`` after ``--warmup`` runs. The stage
+breakdown comes from separate runs in which the stage functions are wrapped
+by timers (patched in here; the core modules hold no timing code), with
+``torch.cuda.synchronize`` at every boundary on CUDA; each stage counts its
+own time only, so the stages add up to the total of that run.
+
+Examples::
+
+    python benchmark.py --device cpu --repeats 2
+    python benchmark.py --mode both --device cpu --repeats 2 --warmup 1
+    python benchmark.py --mode text
+    python benchmark.py --device cuda --precision fp16 --batch-size 16 --check-agreement
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from unittest import mock
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config, DictAction
+from mmseg.structures import SegDataSample
+from open_clip import OPENAI_IMAGENET_TEMPLATES
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+from torch import nn
+
+from cass import clip_vit
+from cass import segmentor as segmentor_module
+from cass import text as text_module
+from cass.bench import reference_loop
+from cass.dino_keys import CLIP_MEAN, CLIP_STD
+from cass.segmentor import CASSSegmentor, slide_windows
+from cass.weights import build_vfm, clip_from_state_dict, load_clip, load_vfm
+
+# The released ADE20K config (cfg_ade20k.py) on top of the segmentor defaults.
+ADE20K_SETTINGS = dict(global_semantics_weight=0.3, mean_vector_weight=0.05, h_threshold=0.06,
+                       slide_crop=224, slide_stride=112, prob_thd=0.0)
+# Config keys the benchmark replaces (models, vocabulary, caches).
+REPLACED_KEYS = {"type", "clip_path", "dino_path", "name_path", "classes", "vfm_overrides", "clip_model",
+                 "vfm_model", "text_cache_dir", "data_preprocessor", "init_cfg", "precision", "vfm_precision",
+                 "crop_batch_size"}
+TINY_VFM = dict(embed_dim=128, depth=2, num_heads=2)
+STAGES = {
+    "clip": "CLIP trunk, global embedding, last block",
+    "dino": "DINO input and keys",
+    "spectral": "spectral matching and fusion, attention",
+    "text": "text refinement and class logits",
+    "post": "upsampling, window averaging, post-processing",
+    "other": "other (batching, bookkeeping)",
+}
+
+
+# ---------------------------------------------------------------------------- models
+def build_clip(tiny: bool = False, weights: str | None = None, seed: int = 0) -> nn.Module:
+    """CLIP ViT-B/16 with random weights (or ``weights``), through the OpenAI-format loader.
+
+    ``tiny``: the test suite's tiny CLIP (2 layers, width 128, 32-d output).
+    """
+    if weights is not None:
+        return load_clip(weights)
+    torch.manual_seed(seed)
+    if tiny:
+        model = open_clip.model.CLIP(
+            embed_dim=32, vision_cfg=CLIPVisionCfg(layers=2, width=128, patch_size=16, image_size=224),
+            text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1), quick_gelu=True)
+    else:
+        model = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None)
+    return clip_from_state_dict(model.state_dict(), "random-weight CLIP")
+
+
+def build_dino(tiny: bool = False, weights: str | None = None, seed: int = 0) -> nn.Module:
+    """DINO ViT-B/8 (timm) with random weights (or ``weights``); ``tiny``: 2 layers, width 128."""
+    torch.manual_seed(seed)
+    model = build_vfm("dino_vitb8", **(TINY_VFM if tiny else {}))
+    if weights is not None:
+        return load_vfm("dino_vitb8", weights, model)
+    with torch.no_grad():  # timm zero-inits the tokens; give them content like trained ones
+        model.cls_token.normal_(std=0.5)
+        model.pos_embed.normal_(std=0.5)
+    return model
+
+
+def model_settings(config: str | None, overrides: dict | None) -> tuple[dict, str | None, str]:
+    """Segmentor settings from a config's ``model`` (or the built-in ADE20K ones).
+
+    Returns:
+        settings, the config's class-name file (None if it has none), and a
+        description of the source.
+    """
+    if config is None:
+        settings, name_path, source = dict(ADE20K_SETTINGS), None, "built-in ADE20K settings (cfg_ade20k)"
+    else:
+        model = Config.fromfile(config).model
+        name_path = model.get("name_path")
+        settings = {k: v for k, v in model.items() if k not in REPLACED_KEYS}
+        source = config
+    settings.update(overrides or {})
+    return settings, name_path, source
+
+
+def vocabulary(num_classes: int | None, name_path: str | None) -> tuple[list[str], str]:
+    """Class entries: ``num_classes`` names "class i", else the config's class file, else 150."""
+    if num_classes is None and name_path is not None and Path(name_path).is_file():
+        return _class_lines(name_path), name_path
+    count = 150 if num_classes is None else num_classes
+    return [f"class {i}" for i in range(count)], f"{count} names 'class i'"
+
+
+def _class_lines(path: str) -> list[str]:
+    return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def random_images(count: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """(B, 3, H, W) CLIP-normalised smooth random images (blobs of about 8 pixels)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    base = torch.rand(count, 3, h // 8 + 1, w // 8 + 1, generator=g) * 255
+    pixels = F.interpolate(base, size=(h, w), mode="bilinear", align_corners=False)
+    mean = torch.tensor(CLIP_MEAN)[:, None, None]
+    std = torch.tensor(CLIP_STD)[:, None, None]
+    return (pixels - mean) / std
+
+
+@contextlib.contextmanager
+def random_text_embeddings(seed: int = 0) -> Iterator[None]:
+    """Replace the text tower by random unit query embeddings (per-image cost only).
+
+    Random 512-d unit vectors are nearly orthogonal, so every query is its
+    own cluster (the largest number of refinement steps).
+    """
+    def fake(model: nn.Module, queries, *args, **kwargs) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        dim = model.text_projection.shape[1]
+        return F.normalize(torch.randn(len(queries), dim, generator=g), dim=-1)
+
+    with mock.patch.object(text_module, "query_embeddings", fake):
+        yield
+
+
+# ---------------------------------------------------------------------------- timing
+class StageTimer:
+    """Exclusive wall time per stage: a stage entered inside another is not
+    counted in the outer one. Synchronises CUDA at every boundary."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sync: Callable[[], None] = (torch.cuda.synchronize if device.type == "cuda" else lambda: None)
+        self.times: dict[str, float] = defaultdict(float)
+        self._nested: list[float] = []
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.sync()
+        start = time.perf_counter()
+        self._nested.append(0.0)
+        try:
+            yield
+        finally:
+            self.sync()
+            elapsed = time.perf_counter() - start
+            self.times[name] += elapsed - self._nested.pop()
+            if self._nested:
+                self._nested[-1] += elapsed
+
+    def wrap(self, fn: Callable, name: str) -> Callable:
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            with self.stage(name):
+                return fn(*args, **kwargs)
+        return timed
+
+
+@contextlib.contextmanager
+def instrumented(seg: CASSSegmentor, timer: StageTimer, mode: str) -> Iterator[None]:
+    """Wrap the stage functions of the fast path or the reference loop with ``timer``."""
+    with contextlib.ExitStack() as stack:
+        def patch(owner, name: str, stage: str) -> None:
+            stack.enter_context(mock.patch.object(owner, name, timer.wrap(getattr(owner, name), stage)))
+
+        for name in ("clip_trunk", "global_embedding", "last_block_qkv", "reduced_block_output"):
+            patch(clip_vit, name, "clip")
+        if mode == "fast":
+            for name in ("reference_dino_images", "plain_dino_images", "last_block_keys", "keys_on_clip_grid"):
+                patch(segmentor_module, name, "dino")
+            patch(seg, "attention", "spectral")
+            for name in ("refine_text", "class_logits"):
+                patch(text_module, name, "text")
+            patch(seg, "crop_logits", "post")
+            patch(seg, "query_logits", "post")
+        else:
+            for name in ("dino_input", "dino_forward", "keys_on_clip_grid"):
+                patch(reference_loop, name, "dino")
+            patch(reference_loop, "spectral_attention", "spectral")
+            patch(reference_loop, "hierarchical_prompt", "text")
+            patch(reference_loop, "forward_feature", "post")
+            patch(reference_loop, "query_logits", "post")
+        patch(seg, "postprocess", "post")
+        yield
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        with contextlib.suppress(OSError):  # Linux: "5" resets the peak RSS (VmHWM)
+            Path("/proc/self/clear_refs").write_text("5")
+
+
+def _proc_status_bytes(key: str) -> int | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def peak_memory(device: torch.device) -> int:
+    """Bytes: ``max_memory_allocated`` on CUDA, peak RSS since the last reset on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    peak = _proc_status_bytes("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    return _proc_status_bytes("VmRSS") or 0
+
+
+def gemm_gflops(device: torch.device, size: int = 1024, repeats: int = 5) -> float:
+    """Best float32 matmul throughput of a few ``size`` x ``size`` products: what the
+    machine offers right now (on a shared CPU it drops with the load of others)."""
+    a = torch.randn(size, size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best = math.inf
+    for _ in range(repeats + 1):
+        sync()
+        start = time.perf_counter()
+        a @ a
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return round(2 * size**3 / best / 1e9, 1)
+
+
+def machine_info(device: torch.device) -> dict:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = dict(cpu=cpu, logical_cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                torch=torch.__version__, python=platform.python_version(),
+                load_average=[round(x, 2) for x in os.getloadavg()], gemm_gflops=gemm_gflops(device))
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
+    return info
+
+
+# ---------------------------------------------------------------------------- runs
+def runner(seg: CASSSegmentor, args: argparse.Namespace, device: torch.device, mode: str) -> Callable[[], object]:
+    """One call of ``mode`` on ``--batch-size`` random images."""
+    inputs = random_images(args.batch_size, tuple(args.size), args.seed).to(device)
+    ori = tuple(args.ori_size or args.size)
+    if mode == "fast":
+        def run():
+            samples = [SegDataSample(metainfo=dict(img_shape=tuple(args.size), ori_shape=ori)) for _ in inputs]
+            return seg.predict(inputs, samples)
+    else:
+        def run():
+            return reference_loop.predict(seg, list(inputs), [ori] * len(inputs))
+    return run
+
+
+def time_runs(runs: dict[str, Callable[[], object]], device: torch.device, warmup: int,
+              repeats: int) -> dict[str, tuple[list[float], int]]:
+    """Seconds of each timed run and the peak memory, per mode.
+
+    The modes take turns (warm-up runs first, then one timed run of each mode
+    per repeat), so a change of machine load affects them alike.
+    """
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {mode: [] for mode in runs}
+    peaks = dict.fromkeys(runs, 0)
+    for _ in range(repeats):
+        for mode, run in runs.items():
+            reset_peak_memory(device)
+            sync()
+            start = time.perf_counter()
+            run()
+            sync()
+            times[mode].append(time.perf_counter() - start)
+            peaks[mode] = max(peaks[mode], peak_memory(device))
+    return {mode: (times[mode], peaks[mode]) for mode in runs}
+
+
+def stage_breakdown(seg: CASSSegmentor, run: Callable[[], object], device: torch.device, mode: str,
+                    repeats: int) -> dict:
+    """Per-stage seconds of the instrumented run whose total is the median."""
+    runs = []
+    for _ in range(repeats):
+        timer = StageTimer(device)
+        with instrumented(seg, timer, mode), timer.stage("other"):
+            run()
+        runs.append(dict(timer.times))
+    runs.sort(key=lambda r: sum(r.values()))
+    chosen = runs[(len(runs) - 1) // 2]
+    return {name: chosen.get(name, 0.0) for name in STAGES}
+
+
+def image_benchmark(seg: CASSSegmentor, args: argparse.Namespace, device: torch.device,
+                    modes: tuple[str, ...]) -> dict[str, dict]:
+    """Throughput, memory and stage breakdown of each mode on random images."""
+    runs = {mode: runner(seg, args, device, mode) for mode in modes}
+    memory_before = current_memory(device)
+    measured = time_runs(runs, device, args.warmup, args.repeats)
+    results = {}
+    for mode, (times, peak) in measured.items():
+        median = statistics.median(times)
+        result = dict(mode=mode, seconds_per_run=times, median_s=median, images_per_run=args.batch_size,
+                      images_per_s=args.batch_size / median, ms_per_image=1000 * median / args.batch_size,
+                      peak_memory_mb=peak / 2**20, memory_before_mb=memory_before / 2**20)
+        if args.breakdown_repeats > 0:
+            stages = stage_breakdown(seg, runs[mode], device, mode, args.breakdown_repeats)
+            result["stages_ms_per_image"] = {k: 1000 * v / args.batch_size for k, v in stages.items()}
+            result["instrumented_ms_per_image"] = 1000 * sum(stages.values()) / args.batch_size
+        results[mode] = result
+    return results
+
+
+def agreement(seg: CASSSegmentor, args: argparse.Namespace, device: torch.device) -> dict:
+    """Share of pixels whose label is the same at float32 and at ``--precision``.
+
+    Runs every image at float32 first (the towers are cast down afterwards).
+    """
+    inputs = random_images(args.agreement_images, tuple(args.size), args.seed + 1).to(device)
+    ori = tuple(args.ori_size or args.size)
+
+    def labels(precision: str) -> torch.Tensor:
+        seg.precision = precision
+        out = []
+        for i in range(0, len(inputs), args.batch_size):
+            chunk = inputs[i:i + args.batch_size]
+            samples = [SegDataSample(metainfo=dict(img_shape=tuple(args.size), ori_shape=ori)) for _ in chunk]
+            out += [s.pred_sem_seg.data for s in seg.predict(chunk, samples)]
+        return torch.stack(out)
+
+    previous = seg.precision
+    reference, other = labels("fp32"), labels(args.precision)
+    seg.precision = previous
+    per_image = (reference == other).flatten(1).float().mean(1)
+    return dict(precision=args.precision, images=len(inputs), pixel_agreement=float(per_image.mean()),
+                worst_image_agreement=float(per_image.min()))
+
+
+def text_benchmark(clip: nn.Module, queries: list[str], reference_classes: int) -> dict:
+    """Query embeddings of ``queries`` x 80 templates: cold, from the cache, and the released design."""
+    templates = OPENAI_IMAGENET_TEMPLATES
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        cold = text_module.query_embeddings(clip, queries, cache_dir=cache)
+        cold_s = time.perf_counter() - start
+        start = time.perf_counter()
+        warm = text_module.query_embeddings(clip, queries, cache_dir=cache)
+        warm_s = time.perf_counter() - start
+    tokens = open_clip.tokenize([t(q) for q in queries for t in templates])
+    result = dict(queries=len(queries), templates=len(templates), prompts=len(tokens),
+                  longest_eot=int(tokens.argmax(-1).max()) + 1, cold_s=cold_s, cached_s=warm_s,
+                  cache_identical=bool(torch.equal(cold, warm)))
+    count = min(reference_classes, len(queries))
+    if count > 0:  # released design: one class at a time, the full 77-token context
+        start = time.perf_counter()
+        feats = []
+        with torch.no_grad():
+            for q in queries[:count]:
+                f = F.normalize(clip.encode_text(open_clip.tokenize([t(q) for t in templates])), dim=-1)
+                feats.append(F.normalize(f.mean(0), dim=-1))
+        elapsed = time.perf_counter() - start
+        result.update(released_classes_timed=count, released_s_per_class=elapsed / count,
+                      released_estimate_s=elapsed / count * len(queries),
+                      released_max_abs_diff=float((torch.stack(feats) - cold[:count].cpu()).abs().max()))
+    return result
+
+
+# ---------------------------------------------------------------------------- report
+def _fmt_mb(mb: float) -> str:
+    return f"{mb / 1024:.2f} GiB" if mb >= 1024 else f"{mb:.0f} MiB"
+
+
+def format_report(results: dict) -> str:
+    lines = [f"command: {results['command']}"]
+    m = results["machine"]
+    machine = f"machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} ({m['torch_threads']} threads)"
+    if "gpu" in m:
+        machine += f", GPU {m['gpu']} ({m['gpu_memory_gib']} GiB, CUDA {m['cuda']})"
+    lines += [machine + f", load average {m['load_average']} at start"
+              + (f", {m['load_average_end']} at end" if "load_average_end" in m else "")
+              + f"; float32 matmul {m['gemm_gflops']} GFLOP/s at start"
+              + (f", {m['gemm_gflops_end']} at end" if "gemm_gflops_end" in m else "")]
+    if "setting" in results:
+        s = results["setting"]
+        lines.append(f"setting: {s['source']}; image {s['size'][0]}x{s['size'][1]} -> {s['crops']} "
+                     f"{s['crop_desc']}, output {s['ori_size'][0]}x{s['ori_size'][1]}; {s['classes']} classes "
+                     f"({s['queries']} queries, {s['clusters']} clusters; vocabulary: {s['vocabulary']}); "
+                     f"{s['precision']}, {s['batch_size']} image(s) per call, device {s['device']}")
+    for key in ("fast", "reference-loop"):
+        if key not in results:
+            continue
+        r = results[key]
+        times = ", ".join(f"{t:.3f}" for t in r["seconds_per_run"])
+        lines.append(f"{key}: {r['images_per_s']:.3f} images/s, {r['ms_per_image']:.1f} ms/image "
+                     f"(median of {len(r['seconds_per_run'])} runs of {r['images_per_run']} image(s): {times} s), "
+                     f"peak memory {_fmt_mb(r['peak_memory_mb'])} "
+                     f"({'max_memory_allocated' if results['setting']['device'] == 'cuda' else 'peak RSS'}; "
+                     f"{_fmt_mb(r['memory_before_mb'])} before the runs)")
+        if "stages_ms_per_image" in r:
+            lines.append(f"  stages, ms/image (instrumented run, total {r['instrumented_ms_per_image']:.1f}):")
+            for name, ms in r["stages_ms_per_image"].items():
+                share = ms / r["instrumented_ms_per_image"] if r["instrumented_ms_per_image"] else 0.0
+                lines.append(f"    {STAGES[name]:<48} {ms:10.1f}  {100 * share:5.1f}%")
+    if "speedup" in results:
+        pairs = ", ".join(f"{x:.2f}" for x in results["speedup_per_repeat"])
+        lines.append(f"speed-up fast / reference-loop: {results['speedup']:.2f}x (ratio of medians; "
+                     f"per repeat, runs taken in turn: {pairs})")
+    if "agreement" in results:
+        a = results["agreement"]
+        lines.append(f"agreement fp32 vs {a['precision']}: {100 * a['pixel_agreement']:.3f}% of pixels "
+                     f"({a['images']} random images, worst image {100 * a['worst_image_agreement']:.3f}%)")
+    if "text" in results:
+        t = results["text"]
+        lines.append(f"text: {t['queries']} queries x {t['templates']} templates ({t['prompts']} prompts, "
+                     f"context cut at {t['longest_eot']} tokens): {t['cold_s']:.1f} s cold, "
+                     f"{t['cached_s']:.3f} s from the cache (identical: {t['cache_identical']})")
+        if "released_estimate_s" in t:
+            lines.append(f"  released design (77 tokens, class by class): {t['released_s_per_class']:.2f} s/class "
+                         f"on {t['released_classes_timed']} classes -> {t['released_estimate_s']:.0f} s estimated; "
+                         f"max |difference| of the embeddings {t['released_max_abs_diff']:.1e}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- CLI
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="benchmark.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Modes, stage timing and examples: see the module docstring and docs/benchmarks.md.")
+    parser.add_argument("--mode", choices=("fast", "reference-loop", "both", "text"), default="fast",
+                        help="what to time (default: fast)")
+    parser.add_argument("--config", default=None,
+                        help="mmseg config whose model settings to use (e.g. configs/cfg_ade20k.py); "
+                             "default: the released ADE20K settings built in")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None, metavar="KEY=VALUE",
+                        help="override segmentor settings, e.g. slide_crop=0 for whole-image inference")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                        help="precision of the CLIP and DINO towers (default: fp32)")
+    parser.add_argument("--size", type=int, nargs=2, default=(336, 448), metavar=("H", "W"),
+                        help="resized image size (default: 336 448, the ADE20K setting)")
+    parser.add_argument("--ori-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="output (original image) size of the label maps (default: --size)")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="vocabulary of N names 'class i' (default: the config's class file, else 150)")
+    parser.add_argument("--random-text", action="store_true",
+                        help="skip the text tower: random unit query embeddings (every query its own "
+                             "cluster); for per-image cost at large vocabularies")
+    parser.add_argument("--text-cache-dir", default=None,
+                        help="text-embedding cache (default: $CASS_CACHE_DIR/text or ~/.cache/cass/text)")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per predict call (default: 1)")
+    parser.add_argument("--crop-batch-size", type=int, default=32,
+                        help="crops per tower forward in the fast path (default: 32)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default: 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported (default: 3)")
+    parser.add_argument("--breakdown-repeats", type=int, default=None,
+                        help="instrumented runs for the stage breakdown (default: --repeats; 0: none)")
+    parser.add_argument("--check-agreement", action="store_true",
+                        help="also compare the labels at --precision with float32 on random images")
+    parser.add_argument("--agreement-images", type=int, default=8,
+                        help="images for --check-agreement (default: 8)")
+    parser.add_argument("--text-reference-classes", type=int, default=5,
+                        help="--mode text: classes timed with the released design, extrapolated (default: 5)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--clip-weights", default=None, help="real CLIP ViT-B/16 checkpoint instead of random")
+    parser.add_argument("--dino-weights", default=None, help="real DINO ViT-B/8 checkpoint instead of random")
+    parser.add_argument("--tiny", action="store_true", help="tiny random models (tests, smoke runs)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights and images (default: 0)")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.breakdown_repeats is None:
+        args.breakdown_repeats = args.repeats
+    for name in ("batch_size", "repeats", "agreement_images", "crop_batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0 or args.breakdown_repeats < 0:
+        parser.error("--warmup and --breakdown-repeats must be >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available on this machine")
+    if args.config is not None and not Path(args.config).is_file():
+        parser.error(f"--config: no such file: {args.config}")
+    return args
+
+
+def run(args: argparse.Namespace, command: str) -> dict:
+    """Run the benchmark described by ``args``; returns the results (also printed by :func:`main`)."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    results: dict = dict(command=command, machine=machine_info(device))
+    settings, name_path, source = model_settings(args.config, args.cfg_options)
+    classes, vocab_source = vocabulary(args.num_classes, name_path)
+    clip = build_clip(args.tiny, args.clip_weights, args.seed)
+    if args.mode == "text":
+        queries = text_module.parse_vocabulary(classes)[0]
+        results["text"] = text_benchmark(clip.to(device), queries, args.text_reference_classes)
+        results["machine"].update(load_average_end=[round(x, 2) for x in os.getloadavg()],
+                                  gemm_gflops_end=gemm_gflops(device))
+        return results
+
+    dino = build_dino(args.tiny, args.dino_weights, args.seed)
+    with contextlib.ExitStack() as stack:
+        if args.random_text:
+            stack.enter_context(random_text_embeddings(args.seed))
+            vocab_source += ", random text embeddings"
+        seg = CASSSegmentor(**settings, classes=classes, clip_model=clip, vfm_model=dino, precision=args.precision,
+                            crop_batch_size=args.crop_batch_size, text_cache_dir=args.text_cache_dir).to(device)
+        start = time.perf_counter()
+        _, clusters = seg.text_state(device)
+        text_s = time.perf_counter() - start
+    h, w = args.size
+    crops = (1 if seg.slide_crop <= 0 else len(slide_windows(h, w, seg.slide_crop, seg.slide_stride)))
+    crop_desc = ("whole-image pass" if seg.slide_crop <= 0 else
+                 f"crops of {seg.slide_crop} (stride {seg.slide_stride})")
+    results["setting"] = dict(source=source, settings=settings, size=list(args.size),
+                              ori_size=list(args.ori_size or args.size), crops=crops, crop_desc=crop_desc,
+                              classes=seg.num_classes, queries=len(seg.queries), clusters=int(clusters.max()) + 1,
+                              vocabulary=vocab_source, text_setup_s=text_s, precision=args.precision,
+                              batch_size=args.batch_size, device=args.device, tiny=args.tiny,
+                              weights="real" if args.clip_weights else "random")
+    modes = ("fast", "reference-loop") if args.mode == "both" else (args.mode,)
+    results.update(image_benchmark(seg, args, device, modes))
+    if args.mode == "both":
+        fast, slow = results["fast"], results["reference-loop"]
+        results["speedup"] = fast["images_per_s"] / slow["images_per_s"]
+        results["speedup_per_repeat"] = [r / f for f, r in zip(fast["seconds_per_run"], slow["seconds_per_run"])]
+    if args.check_agreement:
+        results["agreement"] = agreement(seg, args, device)
+    results["machine"].update(load_average_end=[round(x, 2) for x in os.getloadavg()],
+                              gemm_gflops_end=gemm_gflops(device))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    command = "python benchmark.py " + shlex.join(argv)
+    try:
+        results = run(args, command)
+    except (ValueError, OSError) as err:
+        print(f"benchmark.py: error: {err}", file=sys.stderr)
+        return 1
+    print(format_report(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
