@@ -13,7 +13,7 @@ Modes:
 * ``reference-loop`` -- :mod:`cass.bench.reference_loop`, the released
   code's structure (one crop at a time, whole image re-encoded per crop,
   DINO twice per crop, per-head N x N decompositions, per-cluster loops);
-* ``both`` -- the two, and the speed-up;
+* ``both`` -- the two, timed runs taking turns, and the speed-up;
 * ``text`` -- query embeddings of the vocabulary with the full text tower:
   cold, then from the on-disk cache, and the released design (full 77-token
   context, one class at a time) on a few classes, extrapolated.
@@ -26,10 +26,12 @@ own time only, so the stages add up to the total of that run.
 
 Examples::
 
-    python benchmark.py --device cpu --repeats 2
-    python benchmark.py --mode both --device cpu --repeats 2 --warmup 1
-    python benchmark.py --mode text
-    python benchmark.py --device cuda --precision fp16 --batch-size 16 --check-agreement
+    python benchmark.py --mode both --config configs/cfg_ade20k.py --repeats 3
+    python benchmark.py --config configs/cfg_voc21.py --size 336 500
+    python benchmark.py --config configs/cfg_ade20k.py --random-text --num-classes 1000
+    python benchmark.py --mode text --config configs/cfg_ade20k.py
+    python benchmark.py --device cuda --precision fp16 --config configs/cfg_ade20k.py \
+        --batch-size 16 --warmup 3 --repeats 10 --check-agreement
 """
 from __future__ import annotations
 
@@ -483,7 +485,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="benchmark.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Modes, stage timing and examples: see the module docstring and docs/benchmarks.md.")
+        epilog=__doc__.split("\n\n", 1)[1] + "\nResults and the machine they came from: docs/benchmarks.md.")
     parser.add_argument("--mode", choices=("fast", "reference-loop", "both", "text"), default="fast",
                         help="what to time (default: fast)")
     parser.add_argument("--config", default=None,

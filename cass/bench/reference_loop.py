@@ -9,8 +9,9 @@ path gains:
 * for every crop the whole image goes through CLIP again (all 12 blocks) for
   the presence prior, and DINO runs a second time, on the crop rebuilt as a
   square of side ``min(H, W)`` of the *whole* image, its output unused;
-* DINO runs every block and normalises every block's output (the release asks
-  its ViT for all intermediate features and keeps the last keys);
+* DINO runs every block with explicit attention matrices and normalises every
+  block's output (the release asks its ViT for all intermediate features,
+  attention maps and qkv, and keeps the last keys);
 * each head graph is decomposed separately as an N x N matrix:
   ``torch.linalg.eigvalsh`` for the spectra, the cost matrix filled pair by
   pair, ``torch.svd_lowrank(q=rank)`` for the low-rank DINO graph;
@@ -25,7 +26,6 @@ The functions are module-level so that the benchmark can time each stage.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
