@@ -63,7 +63,7 @@ def _gram_eigh(keys: Tensor) -> tuple[Tensor, Tensor]:
     return vals.flip(-1), vecs.flip(-1)
 
 
-def head_spectra(keys: Tensor, top: int = 20) -> Tensor:
+def head_spectra(keys: Tensor, top: int = 20, eigenvalues: Tensor | None = None) -> Tensor:
     """Top eigenvalues of each head's key graph ``K K^T / sqrt(d)``, descending.
 
     Equal to ``eigvalsh`` of the N x N graph (the nonzero spectrum of
@@ -72,13 +72,15 @@ def head_spectra(keys: Tensor, top: int = 20) -> Tensor:
     Args:
         keys: (..., N, d).
         top: number of eigenvalues; ``min(top, N)`` are returned.
+        eigenvalues: (..., d) descending eigenvalues of ``K^T K / sqrt(d)``
+            when already computed.
 
     Returns:
         (..., min(top, N)) float64.
     """
     n, d = keys.shape[-2:]
     count = min(top, n)
-    vals = _gram_eigh(keys)[0]
+    vals = _gram_eigh(keys)[0] if eigenvalues is None else eigenvalues
     if count > d:
         vals = torch.cat([vals, vals.new_zeros(*vals.shape[:-1], count - d)], dim=-1)
     return vals[..., :count]
@@ -221,7 +223,8 @@ def energy_rank(eigenvalues: Tensor, threshold: float = 0.95) -> Tensor:
 
 
 def low_rank_graph(keys: Tensor, rank: int | None = 10, scale_eigenvalues: bool = True,
-                   energy_threshold: float = 0.95, out_dtype: torch.dtype = torch.float32) -> Tensor:
+                   energy_threshold: float = 0.95, out_dtype: torch.dtype = torch.float32,
+                   eigenpairs: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Rank-r approximation ``U_r diag(phi(s_r)) U_r^T`` of the graph ``K K^T / sqrt(d)``.
 
     The graph is symmetric PSD, so its SVD is its eigendecomposition. With
@@ -235,12 +238,13 @@ def low_rank_graph(keys: Tensor, rank: int | None = 10, scale_eigenvalues: bool 
         rank: number of eigenpairs (reference: 10 in effect); None uses the
             paper's energy rule with ``energy_threshold`` per graph.
         scale_eigenvalues: apply the dynamic eigenscaling ``phi``.
+        eigenpairs: ``_gram_eigh(keys)`` when already computed.
 
     Returns:
         (..., N, N) approximation in ``out_dtype``.
     """
     n, d = keys.shape[-2:]
-    vals, vecs = _gram_eigh(keys)
+    vals, vecs = _gram_eigh(keys) if eigenpairs is None else eigenpairs
     positions = torch.arange(d, device=keys.device)
     if rank is None:
         kept = positions < energy_rank(vals, energy_threshold)[..., None]
@@ -273,11 +277,19 @@ def fuse_spectral(clip_keys: Tensor, vfm_keys: Tensor, *, top_eigen: int = 20, r
         (B, H, N, N) float32 ``(10 w A~ + A_CLIP) / (10 w + 1)``, before G.
     """
     clip_graph = key_graph(clip_keys.float())
-    cost = spectral_cost(head_spectra(vfm_keys, top_eigen), head_spectra(clip_keys, top_eigen))
+    # one decomposition per DINO head serves both its spectrum and its low-rank graph
+    dino_vals, dino_vecs = _gram_eigh(vfm_keys)
+    cost = spectral_cost(head_spectra(vfm_keys, top_eigen, dino_vals), head_spectra(clip_keys, top_eigen))
     cols = match_heads(cost, canonical=canonical)
     dino_index, weight = pairing(cost, cols, swapped=swapped_pairing)
-    paired = vfm_keys.gather(1, dino_index[..., None, None].expand_as(vfm_keys))
-    approx = zero_diagonal(low_rank_graph(paired, rank, scale_eigenvalues))
+
+    def paired(t: Tensor) -> Tensor:  # (B, H, ...) rows reordered by dino_index
+        index = dino_index.reshape(*dino_index.shape, *(1,) * (t.dim() - 2))
+        return t.gather(1, index.expand_as(t))
+
+    approx = low_rank_graph(paired(vfm_keys), rank, scale_eigenvalues,
+                            eigenpairs=(paired(dino_vals), paired(dino_vecs)))
+    approx = zero_diagonal(approx)
     approx = range_match(approx, clip_graph, dims=(-2, -1))
     w = (vfm_weight * weight)[..., None, None]
     return (w * approx + clip_graph) / (w + 1)
