@@ -241,10 +241,11 @@ class CASSSegmentor(BaseSegmentor):
         if self.attn_strategy == "spectral":
             logits = spectral.fuse_spectral(
                 clip_keys, dino_keys, top_eigen=self.top_eigen, rank=self.low_rank,
-                scale_eigenvalues=self.eigenscaling, canonical=self.canonical_matching,
+                energy_threshold=self.energy_threshold, scale_eigenvalues=self.eigenscaling, canonical=self.canonical_matching,
                 swapped_pairing=self.swapped_pairing, vfm_weight=self.vfm_weight)
         else:
-            logits = spectral.fuse_sequential(clip_keys, dino_keys, rank=self.low_rank)
+            logits = spectral.fuse_sequential(clip_keys, dino_keys, rank=self.low_rank,
+                                              energy_threshold=self.energy_threshold)
         bias = spectral.gaussian_bias(grid, self.gaussian_std, device=logits.device)
         return (logits + bias).softmax(-1), v
 

@@ -265,7 +265,7 @@ def zero_diagonal(graph: Tensor) -> Tensor:
 
 
 def fuse_spectral(clip_keys: Tensor, vfm_keys: Tensor, *, top_eigen: int = 20, rank: int | None = 10,
-                  scale_eigenvalues: bool = True, canonical: bool = True, swapped_pairing: bool = True,
+                  energy_threshold: float = 0.95, scale_eigenvalues: bool = True, canonical: bool = True, swapped_pairing: bool = True,
                   vfm_weight: float = 10.0) -> Tensor:
     """Fused attention logits of the "spectral" strategy (spec sections 3-4).
 
@@ -287,7 +287,7 @@ def fuse_spectral(clip_keys: Tensor, vfm_keys: Tensor, *, top_eigen: int = 20, r
         index = dino_index.reshape(*dino_index.shape, *(1,) * (t.dim() - 2))
         return t.gather(1, index.expand_as(t))
 
-    approx = low_rank_graph(paired(vfm_keys), rank, scale_eigenvalues,
+    approx = low_rank_graph(paired(vfm_keys), rank, scale_eigenvalues, energy_threshold,
                             eigenpairs=(paired(dino_vals), paired(dino_vecs)))
     approx = zero_diagonal(approx)
     approx = range_match(approx, clip_graph, dims=(-2, -1))
@@ -295,7 +295,8 @@ def fuse_spectral(clip_keys: Tensor, vfm_keys: Tensor, *, top_eigen: int = 20, r
     return (w * approx + clip_graph) / (w + 1)
 
 
-def fuse_sequential(clip_keys: Tensor, vfm_keys: Tensor, *, rank: int | None = 10) -> Tensor:
+def fuse_sequential(clip_keys: Tensor, vfm_keys: Tensor, *, rank: int | None = 10,
+                    energy_threshold: float = 0.95) -> Tensor:
     """Fused attention logits of the "sequential" strategy: head i with head i.
 
     No matching, no eigenscaling: ``(A~ + A_CLIP) / 2``.
@@ -304,5 +305,6 @@ def fuse_sequential(clip_keys: Tensor, vfm_keys: Tensor, *, rank: int | None = 1
         (B, H, N, N) float32, before G.
     """
     clip_graph = key_graph(clip_keys.float())
-    approx = zero_diagonal(low_rank_graph(vfm_keys, rank, scale_eigenvalues=False))
+    approx = zero_diagonal(low_rank_graph(vfm_keys, rank, scale_eigenvalues=False,
+                                          energy_threshold=energy_threshold))
     return (range_match(approx, clip_graph, dims=(-2, -1)) + clip_graph) / 2

@@ -181,3 +181,11 @@ def test_low_precision_agrees_with_float32(build, precision, agreement):
 def test_too_thin_image_is_a_clear_error(build):
     with pytest.raises(ValueError, match="smaller than one CLIP patch"):
         build().predict(normalised(random_image(10, 300))[None])
+
+
+@pytest.mark.parametrize("strategy", ["spectral", "sequential"])
+def test_energy_threshold_reaches_the_energy_rule(build, strategy):
+    img = random_image(224, 224, seed=5)
+    loose = predict(build(attn_strategy=strategy, low_rank=None, energy_threshold=0.95), img).seg_logits.data
+    tight = predict(build(attn_strategy=strategy, low_rank=None, energy_threshold=0.3), img).seg_logits.data
+    assert not torch.allclose(loose, tight)
