@@ -2,14 +2,14 @@
 
 Builds CLIP ViT-B/16 (open_clip's ``ViT-B-16-quickgelu`` architecture, random
 weights, loaded through :func:`cass.weights.clip_from_state_dict` like an
-OpenAI checkpoint) and DINO ViT-B/8 (:func:`cass.weights.build_vfm`, random
-weights), so nothing is downloaded; ``--clip-weights``/``--dino-weights``
+OpenAI checkpoint) and DINO ViT-B/8 (:mod:`cass.random_weights`), so nothing
+is downloaded; ``--clip-weights``/``--dino-weights``
 load real checkpoints instead. Random weights cost the same time as real
 ones; only label agreement depends on the weights.
 
 Modes:
 
-* ``fast`` -- :class:`cass.segmentor.CASSSegmentor.predict` (batched crops);
+* ``fast`` -- :class:`cass.model.CASSModel` (batched crops);
 * ``reference-loop`` -- :mod:`cass.bench.reference_loop`, the released
   code's structure (one crop at a time, whole image re-encoded per crop,
   DINO twice per crop, per-head N x N decompositions, per-cluster loops);
@@ -18,11 +18,12 @@ Modes:
   cold, then from the on-disk cache, and the released design (full 77-token
   context, one class at a time) on a few classes, extrapolated.
 
+Settings come from a benchmark config (default: ``configs/cfg_ade20k.py``).
 Times are medians over ``--repeats`` after ``--warmup`` runs. The stage
-breakdown comes from separate runs in which the stage functions are wrapped
-by timers (patched in here; the core modules hold no timing code), with
-``torch.cuda.synchronize`` at every boundary on CUDA; each stage counts its
-own time only, so the stages add up to the total of that run.
+breakdown comes from separate runs observed through the model's own named
+stages (:mod:`cass.stages`), with ``torch.cuda.synchronize`` at every
+boundary on CUDA; each stage counts its own time only, so the stages add up
+to the total of that run.
 
 Examples::
 
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
+import copy
 import json
 import math
 import os
@@ -51,41 +52,30 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from unittest import mock
 
 import open_clip
 import torch
 import torch.nn.functional as F
-from mmengine.config import Config, DictAction
-from mmseg.structures import SegDataSample
+from mmengine.config import DictAction
 from open_clip import OPENAI_IMAGENET_TEMPLATES
-from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
-from cass import clip_vit
-from cass import segmentor as segmentor_module
+from cass import stages
 from cass import text as text_module
+from cass.api import DEFAULT_CONFIG, MMSEG_KEYS, load_config
 from cass.bench import reference_loop
-from cass.dino_keys import CLIP_MEAN, CLIP_STD
-from cass.segmentor import CASSSegmentor, slide_windows
-from cass.weights import build_vfm, clip_from_state_dict, load_clip, load_vfm
+from cass.config import CASSConfig
+from cass.constants import CLIP_MEAN, CLIP_STD
+from cass.dino_keys import VFM_SPECS
+from cass.model import CASSModel, image_boxes
+from cass.random_weights import random_clip, random_dino
+from cass.text import Vocabulary
+from cass.weights import clip_from_state_dict, load_clip, load_vfm
 
-# The released ADE20K config (cfg_ade20k.py) on top of the segmentor defaults.
-ADE20K_SETTINGS = dict(global_semantics_weight=0.3, mean_vector_weight=0.05, h_threshold=0.06,
-                       slide_crop=224, slide_stride=112, prob_thd=0.0)
-# Config keys the benchmark replaces (models, vocabulary, caches).
-REPLACED_KEYS = {"type", "clip_path", "dino_path", "name_path", "classes", "vfm_overrides", "clip_model",
-                 "vfm_model", "text_cache_dir", "data_preprocessor", "init_cfg", "precision", "vfm_precision",
-                 "crop_batch_size"}
-TINY_VFM = dict(embed_dim=128, depth=2, num_heads=2)
-STAGES = {
-    "clip": "CLIP trunk, global embedding, last block",
-    "dino": "DINO input and keys",
-    "spectral": "spectral matching and fusion, attention",
-    "text": "text refinement and class logits",
-    "post": "upsampling, window averaging, post-processing",
-    "other": "other (batching, bookkeeping)",
-}
+# Config keys the benchmark replaces (models, vocabulary, caches, precision, batching).
+REPLACED_KEYS = {*MMSEG_KEYS, "clip_path", "dino_path", "name_path", "classes", "vfm_overrides", "clip_model",
+                 "vfm_model", "text_cache_dir", "precision", "vfm_precision", "crop_batch_size", "vfm"}
+STAGES = {**stages.STAGES, "other": "other (batching, bookkeeping)"}
 
 
 # ---------------------------------------------------------------------------- models
@@ -96,44 +86,27 @@ def build_clip(tiny: bool = False, weights: str | None = None, seed: int = 0) ->
     """
     if weights is not None:
         return load_clip(weights)
-    torch.manual_seed(seed)
-    if tiny:
-        model = open_clip.model.CLIP(
-            embed_dim=32, vision_cfg=CLIPVisionCfg(layers=2, width=128, patch_size=16, image_size=224),
-            text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1), quick_gelu=True)
-    else:
-        model = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None)
-    return clip_from_state_dict(model.state_dict(), "random-weight CLIP")
+    return clip_from_state_dict(random_clip(tiny, seed).state_dict(), "random-weight CLIP")
 
 
 def build_dino(tiny: bool = False, weights: str | None = None, seed: int = 0) -> nn.Module:
     """DINO ViT-B/8 (timm) with random weights (or ``weights``); ``tiny``: 2 layers, width 128."""
-    torch.manual_seed(seed)
-    model = build_vfm("dino_vitb8", **(TINY_VFM if tiny else {}))
-    if weights is not None:
-        return load_vfm("dino_vitb8", weights, model)
-    with torch.no_grad():  # timm zero-inits the tokens; give them content like trained ones
-        model.cls_token.normal_(std=0.5)
-        model.pos_embed.normal_(std=0.5)
-    return model
+    model = random_dino(tiny, seed)
+    return model if weights is None else load_vfm("dino_vitb8", weights, model)
 
 
 def model_settings(config: str | None, overrides: dict | None) -> tuple[dict, str | None, str]:
-    """Segmentor settings from a config's ``model`` (or the built-in ADE20K ones).
+    """Model settings (config keys) of a benchmark config, default ``configs/cfg_ade20k.py``.
 
     Returns:
-        settings, the config's class-name file (None if it has none), and a
-        description of the source.
+        settings, the config's class-name file (None if it has none), and the
+        config's path.
     """
-    if config is None:
-        settings, name_path, source = dict(ADE20K_SETTINGS), None, "built-in ADE20K settings (cfg_ade20k)"
-    else:
-        model = Config.fromfile(config).model
-        name_path = model.get("name_path")
-        settings = {k: v for k, v in model.items() if k not in REPLACED_KEYS}
-        source = config
+    model = load_config(config).model
+    settings = {k: v for k, v in model.items() if k not in REPLACED_KEYS}
     settings.update(overrides or {})
-    return settings, name_path, source
+    CASSConfig.from_keys(settings)  # an unknown key fails here, before any model is built
+    return settings, model.get("name_path"), str(config or DEFAULT_CONFIG)
 
 
 def vocabulary(num_classes: int | None, name_path: str | None) -> tuple[list[str], str]:
@@ -159,20 +132,21 @@ def random_images(count: int, size: tuple[int, int], seed: int = 0) -> torch.Ten
     return (pixels - mean) / std
 
 
-@contextlib.contextmanager
-def random_text_embeddings(seed: int = 0) -> Iterator[None]:
-    """Replace the text tower by random unit query embeddings (per-image cost only).
+def random_text_embeddings(count: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """Random unit query embeddings (per-image cost only, no text tower).
 
     Random 512-d unit vectors are nearly orthogonal, so every query is its
     own cluster (the largest number of refinement steps).
     """
-    def fake(model: nn.Module, queries, *args, **kwargs) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
-        dim = model.text_projection.shape[1]
-        return F.normalize(torch.randn(len(queries), dim, generator=g), dim=-1)
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(count, dim, generator=g), dim=-1)
 
-    with mock.patch.object(text_module, "query_embeddings", fake):
-        yield
+
+def build_model(clip: nn.Module, dino: nn.Module, settings: dict, classes: list[str], precision: str,
+                crop_batch_size: int, text_cache_dir: str | None) -> CASSModel:
+    """The CASS model on CPU; ``precision`` for both towers."""
+    config = CASSConfig.from_keys({**settings, "precision": precision, "crop_batch_size": crop_batch_size})
+    return CASSModel(clip, dino, Vocabulary.from_classes(classes), config, VFM_SPECS["dino_vitb8"], text_cache_dir)
 
 
 # ---------------------------------------------------------------------------- timing
@@ -198,41 +172,6 @@ class StageTimer:
             self.times[name] += elapsed - self._nested.pop()
             if self._nested:
                 self._nested[-1] += elapsed
-
-    def wrap(self, fn: Callable, name: str) -> Callable:
-        @functools.wraps(fn)
-        def timed(*args, **kwargs):
-            with self.stage(name):
-                return fn(*args, **kwargs)
-        return timed
-
-
-@contextlib.contextmanager
-def instrumented(seg: CASSSegmentor, timer: StageTimer, mode: str) -> Iterator[None]:
-    """Wrap the stage functions of the fast path or the reference loop with ``timer``."""
-    with contextlib.ExitStack() as stack:
-        def patch(owner, name: str, stage: str) -> None:
-            stack.enter_context(mock.patch.object(owner, name, timer.wrap(getattr(owner, name), stage)))
-
-        for name in ("clip_trunk", "global_embedding", "last_block_qkv", "reduced_block_output"):
-            patch(clip_vit, name, "clip")
-        if mode == "fast":
-            for name in ("reference_dino_images", "plain_dino_images", "last_block_keys", "keys_on_clip_grid"):
-                patch(segmentor_module, name, "dino")
-            patch(seg, "attention", "spectral")
-            for name in ("refine_text", "class_logits"):
-                patch(text_module, name, "text")
-            patch(seg, "crop_logits", "post")
-            patch(seg, "query_logits", "post")
-        else:
-            for name in ("dino_input", "dino_forward", "keys_on_clip_grid"):
-                patch(reference_loop, name, "dino")
-            patch(reference_loop, "spectral_attention", "spectral")
-            patch(reference_loop, "hierarchical_prompt", "text")
-            patch(reference_loop, "forward_feature", "post")
-            patch(reference_loop, "query_logits", "post")
-        patch(seg, "postprocess", "post")
-        yield
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -297,18 +236,13 @@ def machine_info(device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------------------- runs
-def runner(seg: CASSSegmentor, args: argparse.Namespace, device: torch.device, mode: str) -> Callable[[], object]:
+def runner(model: CASSModel, args: argparse.Namespace, device: torch.device, mode: str) -> Callable[[], object]:
     """One call of ``mode`` on ``--batch-size`` random images."""
-    inputs = random_images(args.batch_size, tuple(args.size), args.seed).to(device)
-    ori = tuple(args.ori_size or args.size)
+    inputs = list(random_images(args.batch_size, tuple(args.size), args.seed).to(device))
+    sizes = [tuple(args.ori_size or args.size)] * len(inputs)
     if mode == "fast":
-        def run():
-            samples = [SegDataSample(metainfo=dict(img_shape=tuple(args.size), ori_shape=ori)) for _ in inputs]
-            return seg.predict(inputs, samples)
-    else:
-        def run():
-            return reference_loop.predict(seg, list(inputs), [ori] * len(inputs))
-    return run
+        return lambda: model(inputs, sizes)
+    return lambda: reference_loop.predict(model, inputs, sizes)
 
 
 def time_runs(runs: dict[str, Callable[[], object]], device: torch.device, warmup: int,
@@ -336,13 +270,12 @@ def time_runs(runs: dict[str, Callable[[], object]], device: torch.device, warmu
     return {mode: (times[mode], peaks[mode]) for mode in runs}
 
 
-def stage_breakdown(seg: CASSSegmentor, run: Callable[[], object], device: torch.device, mode: str,
-                    repeats: int) -> dict:
-    """Per-stage seconds of the instrumented run whose total is the median."""
+def stage_breakdown(run: Callable[[], object], device: torch.device, repeats: int) -> dict:
+    """Per-stage seconds of the observed run whose total is the median."""
     runs = []
     for _ in range(repeats):
         timer = StageTimer(device)
-        with instrumented(seg, timer, mode), timer.stage("other"):
+        with stages.observe_stages(timer), timer.stage("other"):
             run()
         runs.append(dict(timer.times))
     runs.sort(key=lambda r: sum(r.values()))
@@ -350,10 +283,10 @@ def stage_breakdown(seg: CASSSegmentor, run: Callable[[], object], device: torch
     return {name: chosen.get(name, 0.0) for name in STAGES}
 
 
-def image_benchmark(seg: CASSSegmentor, args: argparse.Namespace, device: torch.device,
+def image_benchmark(model: CASSModel, args: argparse.Namespace, device: torch.device,
                     modes: tuple[str, ...]) -> dict[str, dict]:
     """Throughput, memory and stage breakdown of each mode on random images."""
-    runs = {mode: runner(seg, args, device, mode) for mode in modes}
+    runs = {mode: runner(model, args, device, mode) for mode in modes}
     memory_before = current_memory(device)
     measured = time_runs(runs, device, args.warmup, args.repeats)
     results = {}
@@ -363,33 +296,33 @@ def image_benchmark(seg: CASSSegmentor, args: argparse.Namespace, device: torch.
                       images_per_s=args.batch_size / median, ms_per_image=1000 * median / args.batch_size,
                       peak_memory_mb=peak / 2**20, memory_before_mb=memory_before / 2**20)
         if args.breakdown_repeats > 0:
-            stages = stage_breakdown(seg, runs[mode], device, mode, args.breakdown_repeats)
-            result["stages_ms_per_image"] = {k: 1000 * v / args.batch_size for k, v in stages.items()}
-            result["instrumented_ms_per_image"] = 1000 * sum(stages.values()) / args.batch_size
+            times_s = stage_breakdown(runs[mode], device, args.breakdown_repeats)
+            result["stages_ms_per_image"] = {k: 1000 * v / args.batch_size for k, v in times_s.items()}
+            result["instrumented_ms_per_image"] = 1000 * sum(times_s.values()) / args.batch_size
         results[mode] = result
     return results
 
 
-def agreement(seg: CASSSegmentor, args: argparse.Namespace, device: torch.device) -> dict:
+def agreement(model: CASSModel, args: argparse.Namespace, device: torch.device) -> dict:
     """Share of pixels whose label is the same at float32 and at ``--precision``.
 
-    Runs every image at float32 first (the towers are cast down afterwards).
+    The float32 run uses a copy of the model built with float32 towers.
     """
-    inputs = random_images(args.agreement_images, tuple(args.size), args.seed + 1).to(device)
-    ori = tuple(args.ori_size or args.size)
+    inputs = list(random_images(args.agreement_images, tuple(args.size), args.seed + 1).to(device))
+    sizes = [tuple(args.ori_size or args.size)] * len(inputs)
+    reference_model = CASSModel(copy.deepcopy(model.clip), copy.deepcopy(model.vfm), model.vocabulary,
+                                model.config.replace(precision="fp32"), model.vfm_spec,
+                                model.text_cache_dir).to(device)
+    if args.random_text:
+        reference_model.set_text_embeddings(model.text_state()[0])
 
-    def labels(precision: str) -> torch.Tensor:
-        seg.precision = precision
+    def labels(m: CASSModel) -> torch.Tensor:
         out = []
         for i in range(0, len(inputs), args.batch_size):
-            chunk = inputs[i:i + args.batch_size]
-            samples = [SegDataSample(metainfo=dict(img_shape=tuple(args.size), ori_shape=ori)) for _ in chunk]
-            out += [s.pred_sem_seg.data for s in seg.predict(chunk, samples)]
+            out += [p.labels for p in m(inputs[i:i + args.batch_size], sizes[i:i + args.batch_size])]
         return torch.stack(out)
 
-    previous = seg.precision
-    reference, other = labels("fp32"), labels(args.precision)
-    seg.precision = previous
+    reference, other = labels(reference_model), labels(model)
     per_image = (reference == other).flatten(1).float().mean(1)
     return dict(precision=args.precision, images=len(inputs), pixel_agreement=float(per_image.mean()),
                 worst_image_agreement=float(per_image.min()))
@@ -489,13 +422,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=("fast", "reference-loop", "both", "text"), default="fast",
                         help="what to time (default: fast)")
     parser.add_argument("--config", default=None,
-                        help="mmseg config whose model settings to use (e.g. configs/cfg_ade20k.py); "
-                             "default: the released ADE20K settings built in")
+                        help="benchmark config whose model settings to use (default: configs/cfg_ade20k.py)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None, metavar="KEY=VALUE",
                         help="override segmentor settings, e.g. slide_crop=0 for whole-image inference")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
-                        help="precision of the CLIP and DINO towers (default: fp32)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "tf32", "fp16", "bf16"), default="fp32",
+                        help="precision of the CLIP and DINO towers; auto: the released code's on CUDA "
+                             "(CLIP fp16, DINO fp32 + TF32), fp32 on CPU (default: fp32)")
     parser.add_argument("--size", type=int, nargs=2, default=(336, 448), metavar=("H", "W"),
                         help="resized image size (default: 336 448, the ADE20K setting)")
     parser.add_argument("--ori-size", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -558,33 +491,35 @@ def run(args: argparse.Namespace, command: str) -> dict:
         return results
 
     dino = build_dino(args.tiny, args.dino_weights, args.seed)
-    with contextlib.ExitStack() as stack:
-        if args.random_text:
-            stack.enter_context(random_text_embeddings(args.seed))
-            vocab_source += ", random text embeddings"
-        seg = CASSSegmentor(**settings, classes=classes, clip_model=clip, vfm_model=dino, precision=args.precision,
-                            crop_batch_size=args.crop_batch_size, text_cache_dir=args.text_cache_dir).to(device)
-        start = time.perf_counter()
-        _, clusters = seg.text_state(device)
-        text_s = time.perf_counter() - start
+    model = build_model(clip, dino, settings, classes, args.precision, args.crop_batch_size,
+                        args.text_cache_dir).to(device)
+    start = time.perf_counter()
+    if args.random_text:
+        vocab_source += ", random text embeddings"
+        model.set_text_embeddings(random_text_embeddings(len(model.vocabulary.queries),
+                                                         model.clip.text_projection.shape[1], args.seed))
+    _, clusters = model.text_state()
+    text_s = time.perf_counter() - start
     h, w = args.size
-    crops = (1 if seg.slide_crop <= 0 else len(slide_windows(h, w, seg.slide_crop, seg.slide_stride)))
-    crop_desc = ("whole-image pass" if seg.slide_crop <= 0 else
-                 f"crops of {seg.slide_crop} (stride {seg.slide_stride})")
+    window = model.config.window
+    crops = len(image_boxes(h, w, model.config))
+    crop_desc = ("whole-image pass" if window.whole_image else
+                 f"crops of {window.slide_crop} (stride {window.slide_stride})")
     results["setting"] = dict(source=source, settings=settings, size=list(args.size),
                               ori_size=list(args.ori_size or args.size), crops=crops, crop_desc=crop_desc,
-                              classes=seg.num_classes, queries=len(seg.queries), clusters=int(clusters.max()) + 1,
+                              classes=model.num_classes, queries=len(model.vocabulary.queries),
+                              clusters=int(clusters.max()) + 1,
                               vocabulary=vocab_source, text_setup_s=text_s, precision=args.precision,
                               batch_size=args.batch_size, device=args.device, tiny=args.tiny,
                               weights="real" if args.clip_weights else "random")
     modes = ("fast", "reference-loop") if args.mode == "both" else (args.mode,)
-    results.update(image_benchmark(seg, args, device, modes))
+    results.update(image_benchmark(model, args, device, modes))
     if args.mode == "both":
         fast, slow = results["fast"], results["reference-loop"]
         results["speedup"] = fast["images_per_s"] / slow["images_per_s"]
         results["speedup_per_repeat"] = [r / f for f, r in zip(fast["seconds_per_run"], slow["seconds_per_run"])]
     if args.check_agreement:
-        results["agreement"] = agreement(seg, args, device)
+        results["agreement"] = agreement(model, args, device)
     results["machine"].update(load_average_end=[round(x, 2) for x in os.getloadavg()],
                               gemm_gflops_end=gemm_gflops(device))
     return results

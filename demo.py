@@ -21,7 +21,8 @@ import torch
 from mmengine.config import DictAction
 
 from cass import VocabularyError, WeightsError
-from cass.api import Segmenter, check_image_file
+from cass.api import Segmenter
+from cass.images import check_image_file
 from cass.visualize import format_share, save_png
 
 PROG = "demo.py"
@@ -43,15 +44,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--save-logits", type=Path, default=None,
                         help="also write the class probabilities, (classes, H, W) float32, to this .npy")
     parser.add_argument("--config", type=Path, default=None,
-                        help="benchmark config for the settings (default: the ADE20K settings)")
+                        help="benchmark config for the settings (default: configs/cfg_ade20k.py)")
     parser.add_argument("--clip-path", default=None,
                         help="local CLIP ViT-B/16 weights (OpenAI ViT-B-16.pt); default: downloaded once")
     parser.add_argument("--dino-path", default=None,
                         help="local DINO ViT-B/8 weights (dino_vitbase8_pretrain.pth); default: downloaded once")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default=None,
-                        help="precision of the image towers (default: the config's, 'auto' = fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "tf32", "fp16", "bf16"], default=None,
+                        help="precision of both towers (default: the config's 'auto': on CUDA CLIP fp16 and "
+                             "DINO fp32 with TF32, like the released code; fp32 on CPU)")
     parser.add_argument("--opacity", type=float, default=0.5, help="opacity of the class colours (0 to 1)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None, metavar="KEY=VALUE",
                         help="override config settings, mmseg style: model.prob_thd=0.1 model.slide_crop=0")
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> None:
                           dino_path=args.dino_path, device=args.device, precision=args.precision,
                           cfg_options=args.cfg_options)
     names = segmenter.class_names
-    log(f"encoding text: {len(names)} classes, {len(segmenter.model.queries)} queries")
+    log(f"encoding text: {len(names)} classes, {len(segmenter.model.vocabulary.queries)} queries")
     segmenter.encode_text()
     log(f"segmenting {image_name}")
     result = segmenter(image)

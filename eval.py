@@ -10,7 +10,7 @@ a share of the images, the metric is computed over all of them):
     torchrun --nproc_per_node=4 eval.py --config configs/cfg_ade20k.py --launcher pytorch
 
 The dataset is checked first (folders, label suffixes, image/label counts,
-label values on a sample; ``python -m cass.check_data`` checks all of them).
+label values on a sample; ``python -m cass.mmseg.check_data`` checks all of them).
 Prints mIoU, mAcc and aAcc (the per-class table is logged by mmseg's
 IoUMetric) and writes them, per class too, to ``<work-dir>/metrics.json``.
 """
@@ -85,7 +85,7 @@ def evaluate(cfg: Config, benchmark: str) -> dict | None:
     from mmengine.dist import is_main_process
     from mmengine.runner import Runner
 
-    from cass.evaluation import PerClassIoUMetric, write_metrics_json
+    from cass.mmseg.evaluation import PerClassIoUMetric, write_metrics_json
 
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eval.py: config not found: {args.config}", file=sys.stderr)
         return 1
     from cass import VocabularyError, WeightsError
-    from cass.check_data import check_config
+    from cass.mmseg.check_data import check_config
 
     try:
         cfg = build_config(args)

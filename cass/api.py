@@ -1,50 +1,46 @@
-"""Segment your own images: CASS on single images for notebooks and scripts.
+"""Segment your own images: CASS for notebooks and scripts, without mmcv or mmseg.
 
-    from cass.api import Segmenter
+    from cass import Segmenter
 
     segmenter = Segmenter(classes=["cat", "dog, puppy", "sky"])  # synonyms: ", " inside one entry
     result = segmenter("photo.jpg")      # or an (H, W, 3) RGB uint8 array, or a PIL image
     result.probs                         # (C, H, W) class probabilities at the image's size
     result.labels                        # (H, W) class index per pixel
 
-The model is the mmseg segmentor built from a benchmark config (or from the
-defaults below) and each image goes through that config's test pipeline
-(``LoadImageFromFile``, ``Resize``, ``PackSegInputs``) and the model's data
-pre-processor, so a result equals what ``model.predict`` gives inside mmseg.
-The text embeddings of a vocabulary are computed once and reused.
+Settings come from a benchmark config (``configs/cfg_<benchmark>.py``, read
+with mmengine's config reader; default: the ADE20K one, the broadest
+vocabulary): its model keys build the :class:`~cass.model.CASSModel` and its
+test pipeline's ``Resize`` scale sizes the input, computed by
+:mod:`cass.images` exactly as mmseg's pipeline does, so a result equals what
+``eval.py`` predicts for the same file. The text embeddings of a vocabulary
+are computed once and reused.
 """
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
-from mmengine.config import Config
-from mmengine.dataset import Compose
-from mmseg.registry import MODELS, TRANSFORMS
 from PIL import Image
-from skimage.util import img_as_ubyte
 from torch import Tensor
 
-from .segmentor import CASSSegmentor
-from .text import VocabularyError, parse_vocabulary, read_class_file
+if TYPE_CHECKING:
+    from mmengine.config import Config
 
-# Without a config: the ADE20K config's settings (the broadest vocabulary of
-# the benchmarks) and the test pipeline shared by all configs but Cityscapes.
-DEFAULT_MODEL = dict(type="CASSSegmentor", clip_path="ViT-B/16", vfm="dino_vitb8", global_semantics_weight=0.3,
-                     mean_vector_weight=0.05, h_threshold=0.06, slide_crop=224, slide_stride=112, prob_thd=0.0)
-DEFAULT_TEST_PIPELINE = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=(2048, 336), keep_ratio=True),
-                         dict(type="PackSegInputs")]
+from .build import build_model
+from .images import ImageError, as_bgr_uint8, normalise, pil_to_array, read_image, resize_keep_ratio
+from .model import CASSModel
+from .text import Vocabulary, VocabularyError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cfg_ade20k.py"
+# mmseg's own keys of a segmentor config, not settings of the model
+MMSEG_KEYS = ("type", "data_preprocessor", "init_cfg", "_scope_")
 ImageInput = str | os.PathLike | np.ndarray | Image.Image
-
-
-class ImageError(ValueError):
-    """An image is missing, unreadable or not an image array."""
 
 
 @dataclass
@@ -74,64 +70,41 @@ class Segmentation:
 
 
 def load_config(config: str | os.PathLike | None = None, cfg_options: dict | None = None) -> Config:
-    """A benchmark config (mmengine), or the defaults, with mmseg-style
-    ``--cfg-options`` overrides (``{'model.prob_thd': 0.1}``) merged in."""
-    if config is None:
-        cfg = Config(copy.deepcopy(dict(model=DEFAULT_MODEL, test_pipeline=DEFAULT_TEST_PIPELINE)))
-    else:
-        if not Path(config).is_file():
-            raise FileNotFoundError(f"config not found: {config}")
-        cfg = Config.fromfile(str(config))
+    """A benchmark config (default: ADE20K's) with mmseg-style ``--cfg-options``
+    overrides (``{'model.prob_thd': 0.1}``) merged in. The config's
+    ``custom_imports`` (the mmseg adapter) are not imported."""
+    from mmengine.config import Config  # pure Python; imported when a config is read
+
+    path = Path(DEFAULT_CONFIG if config is None else config)
+    if not path.is_file():
+        raise FileNotFoundError(f"config not found: {path}")
+    cfg = Config.fromfile(str(path), import_custom_modules=False)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg
 
 
-def image_pipeline(cfg: Config) -> list[dict]:
-    """The config's test pipeline without annotation loading: a loader first."""
-    pipeline = cfg.get("test_pipeline") or cfg.test_dataloader.dataset.pipeline
-    steps = [dict(step) for step in pipeline if "Annotations" not in step["type"]]
-    if not steps or not steps[0]["type"].startswith("LoadImage"):
-        raise ValueError("the config's test pipeline must start with an image loader (LoadImageFromFile)")
-    return steps
+def resize_scale(cfg: Config) -> tuple[int, int]:
+    """The ``Resize(scale=..., keep_ratio=True)`` of the config's test pipeline.
 
-
-def as_bgr_uint8(array: np.ndarray) -> np.ndarray:
-    """(H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA array -> (H, W, 3) uint8 BGR.
-
-    Done as OpenCV does when mmseg loads such a file: grey is repeated over the
-    three channels and alpha is dropped. 16-bit and float ([0, 1]) images are
-    scaled to 8 bits by scikit-image's ``img_as_ubyte`` (16-bit: the high byte,
-    which is also what OpenCV keeps of a 16-bit PNG).
+    Only the steps this module computes itself are accepted (an image loader,
+    one keep-ratio resize, annotation loading, packing); anything else is an
+    error rather than a silent difference from ``eval.py``.
     """
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise ImageError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image array, got shape {array.shape}")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ImageError(f"empty image array of shape {array.shape}")
-    if array.dtype not in (np.uint8, np.uint16, np.bool_) and array.dtype.kind != "f":
-        raise ImageError(f"unsupported image dtype {array.dtype}: pass uint8, uint16 or float in [0, 1]")
-    try:
-        array = img_as_ubyte(array)
-    except ValueError as err:  # floats outside [-1, 1]
-        raise ImageError(f"float image values must lie in [0, 1] ({err})") from None
-    conversion = {1: cv2.COLOR_GRAY2BGR, 3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGR}[array.shape[2]]
-    return cv2.cvtColor(np.ascontiguousarray(array), conversion)
-
-
-def pil_to_array(image: Image.Image) -> np.ndarray:
-    """A PIL image as an array for :func:`as_bgr_uint8`; palette, CMYK, ... become RGB."""
-    if image.mode in ("L", "RGB", "RGBA") or image.mode.startswith("I;16"):
-        return np.asarray(image)
-    return np.asarray(image.convert("RGB"))
-
-
-def check_image_file(path: str | os.PathLike) -> None:
-    """Raise :class:`ImageError` unless ``path`` is an existing file (before any slow work)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"image not found: {path}" if not path.exists() else f"not a file: {path}")
+    pipeline = cfg.get("test_pipeline") or cfg.test_dataloader.dataset.pipeline
+    scales = []
+    for step in pipeline:
+        kind = step["type"]
+        if kind == "Resize":
+            if not step.get("keep_ratio", False) or step.get("interpolation", "bilinear") != "bilinear":
+                raise ValueError(f"unsupported Resize in the config's test pipeline: {dict(step)} "
+                                 "(only keep_ratio=True, bilinear)")
+            scales.append(tuple(step["scale"]))
+        elif kind not in ("LoadImageFromFile", "LoadAnnotations", "PackSegInputs"):
+            raise ValueError(f"unsupported step {kind!r} in the config's test pipeline")
+    if len(scales) != 1:
+        raise ValueError(f"the config's test pipeline must resize once, found {len(scales)} Resize steps")
+    return scales[0]
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -145,21 +118,21 @@ def _device(device: str | torch.device) -> torch.device:
 
 
 class Segmenter:
-    """CASS for single images: built once, called on any number of images.
+    """CASS for your images: built once, called on any number of images.
 
     Args:
-        config: a benchmark config (``configs/*.py``); None uses
-            :data:`DEFAULT_MODEL` and :data:`DEFAULT_TEST_PIPELINE`.
+        config: a benchmark config (``configs/*.py``); None: the ADE20K one.
         classes: the vocabulary, one entry per class, synonyms separated by
             ``", "`` (``["sky", "dog, puppy"]``); replaces the config's class file.
         class_file: a class-name file instead (one class per line).
         clip_path, dino_path: local weights; None keeps the config's (public
             weights, downloaded once).
         device: where the model runs (``'cpu'``, ``'cuda'``, ``'cuda:1'``).
-        precision: ``'auto'``, ``'fp32'``, ``'fp16'`` or ``'bf16'``; None keeps
-            the config's.
+        precision: ``'auto'``, ``'fp32'``, ``'tf32'``, ``'fp16'`` or ``'bf16'``
+            for both towers; None keeps the config's.
         cfg_options: mmseg-style overrides of the config, ``{'model.prob_thd': 0.1}``.
-        **overrides: keyword arguments of :class:`~cass.segmentor.CASSSegmentor`.
+        **overrides: model keys (:func:`cass.build.build_model`, settings of
+            :class:`cass.config.CASSConfig`), e.g. ``slide_crop=0``.
     """
 
     def __init__(self, config: str | os.PathLike | None = None, classes: Sequence[str] | None = None,
@@ -167,52 +140,31 @@ class Segmenter:
                  dino_path: str | None = None, device: str | torch.device = "cpu", precision: str | None = None,
                  cfg_options: dict | None = None, **overrides) -> None:
         cfg = load_config(config, cfg_options)
-        model_cfg = cfg.model.to_dict()
+        keys = {k: v for k, v in cfg.model.to_dict().items() if k not in MMSEG_KEYS}
         given = dict(clip_path=clip_path, dino_path=dino_path, precision=precision)
-        model_cfg.update({key: value for key, value in given.items() if value is not None}, **overrides)
+        keys.update({key: value for key, value in given.items() if value is not None}, **overrides)
+        if precision is not None:
+            keys.pop("vfm_precision", None)
         if classes is not None and class_file is not None:
             raise VocabularyError("give classes or class_file, not both")
-        # Check the vocabulary before the (slow) weights are loaded.
         if classes is not None:
-            if isinstance(classes, str):
-                raise VocabularyError(f"classes must be a list of class names, got the string {classes!r}")
-            parse_vocabulary(list(classes))
-            model_cfg.pop("name_path", None)
-            model_cfg["classes"] = list(classes)
+            keys.pop("name_path", None)
+            keys["classes"] = classes
         elif class_file is not None:
-            read_class_file(class_file)
-            model_cfg.pop("classes", None)
-            model_cfg["name_path"] = str(class_file)
-        elif model_cfg.get("classes") is None and model_cfg.get("name_path") is None:
-            raise VocabularyError("no classes: give classes=[...] or class_file=...")
-
-        # Built in the config's registry scope, as mmseg's runner does (nested
-        # parts such as the data pre-processor are looked up there too).
-        model_cfg.setdefault("_scope_", cfg.get("default_scope", "mmseg"))
+            keys.pop("classes", None)
+            keys["name_path"] = str(class_file)
+        self.scale = resize_scale(cfg)
         device = _device(device)
-        try:
-            self.model: CASSSegmentor = MODELS.build(model_cfg)
-        except TypeError as err:  # a misspelt setting
-            if "unexpected keyword argument" not in str(err):
-                raise
-            raise ValueError(f"unknown model setting: {err}") from None
-        self.model.to(device).eval()
-        self.device = next(self.model.clip.parameters()).device  # resolved: 'cuda' -> 'cuda:0'
-
-        steps = image_pipeline(cfg)
-        self.file_loader = TRANSFORMS.build(steps[0])
-        self.array_loader = TRANSFORMS.build(dict(type="LoadImageFromNDArray"))
-        self.transforms = Compose([TRANSFORMS.build(step) for step in steps[1:]])
+        self.model: CASSModel = build_model(**keys).to(device)
+        self.device = self.model.device
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.model.class_names)
+        return self.model.class_names
 
     def set_classes(self, classes: Sequence[str]) -> None:
         """Replace the vocabulary (one entry per class, synonyms ``", "``-separated)."""
-        if isinstance(classes, str):
-            raise VocabularyError(f"classes must be a list of class names, got the string {classes!r}")
-        self.model.set_vocabulary(list(classes))
+        self.model.set_vocabulary(Vocabulary.from_classes(classes))
 
     def encode_text(self) -> Tensor:
         """Text embeddings (Q, E) of the vocabulary on the model's device.
@@ -220,44 +172,37 @@ class Segmenter:
         Computed on the first call (or read from the disk cache) and reused by
         every image until the vocabulary changes; calling it is optional.
         """
-        return self.model.text_state(self.device)[0]
+        return self.model.text_state()[0]
 
-    def load(self, image: ImageInput) -> dict:
-        """mmseg pipeline results of the loading step: ``img`` is (H, W, 3) uint8 BGR."""
+    def load(self, image: ImageInput) -> np.ndarray:
+        """(H, W, 3) uint8 BGR image from a path, an array or a PIL image."""
         if isinstance(image, (str, os.PathLike)):
-            return self._load_file(Path(image))
+            return read_image(image)
         if isinstance(image, Image.Image):
             image = pil_to_array(image)
         if not isinstance(image, np.ndarray):
             raise ImageError(f"expected an image path, an RGB array or a PIL image, got {type(image).__name__}")
-        return self.array_loader(dict(img=as_bgr_uint8(image)))
+        return as_bgr_uint8(image)
 
-    def _load_file(self, path: Path) -> dict:
-        check_image_file(path)
-        try:
-            return self.file_loader(dict(img_path=str(path)))
-        except OSError as err:
-            raise ImageError(f"cannot read image {path}: {err.strerror or err}") from None
-        except Exception:  # noqa: BLE001 - mmcv fails on undecodable bytes with assorted errors
-            raise ImageError(f"cannot read image {path}: not an image format OpenCV can decode") from None
+    def prepare(self, bgr: np.ndarray) -> Tensor:
+        """(H, W, 3) uint8 BGR -> (3, h, w) resized, normalised model input."""
+        height, width = bgr.shape[:2]
+        resized = resize_keep_ratio(bgr, self.scale)
+        if min(resized.shape[:2]) < self.model.patch_size:
+            raise ImageError(f"a {width}x{height} image is resized to {resized.shape[:2]} pixels, "
+                             "less than one CLIP patch across: crop it to a less elongated shape")
+        return normalise(resized)
 
     def __call__(self, image: ImageInput) -> Segmentation:
         """Segment one image: a file path, an (H, W[, 3|4]) array (RGB, uint8,
         uint16 or float in [0, 1]) or a PIL image."""
-        results = self.load(image)
-        original = results["img"]
-        height, width = original.shape[:2]
-        try:
-            packed = self.transforms(results)
-        except cv2.error:  # the resized short side rounds to zero pixels
-            raise ImageError(f"a {width}x{height} image is too elongated to resize for the model: "
-                             "crop it to a less elongated shape") from None
-        small = min(packed["inputs"].shape[-2:])
-        if small < self.model.clip.visual.conv1.stride[0]:
-            raise ImageError(f"a {width}x{height} image is resized to {tuple(packed['inputs'].shape[-2:])} pixels, "
-                             "less than one CLIP patch across: crop it to a less elongated shape")
-        batch = dict(inputs=[packed["inputs"]], data_samples=[packed["data_samples"]])
-        sample = self.model.test_step(batch)[0]
-        return Segmentation(probs=sample.seg_logits.data.cpu().numpy(),
-                            labels=sample.pred_sem_seg.data[0].cpu().numpy(),
-                            class_names=self.class_names, image=cv2.cvtColor(original, cv2.COLOR_BGR2RGB))
+        return self.segment([image])[0]
+
+    def segment(self, images: Sequence[ImageInput]) -> list[Segmentation]:
+        """Segment several images in one batch (their crops share tower forwards)."""
+        originals = [self.load(image) for image in images]
+        inputs = [self.prepare(bgr) for bgr in originals]
+        predictions = self.model(inputs, [bgr.shape[:2] for bgr in originals])
+        return [Segmentation(probs=p.probs.cpu().numpy(), labels=p.labels.cpu().numpy(),
+                             class_names=self.class_names, image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                for p, bgr in zip(predictions, originals)]

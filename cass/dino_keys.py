@@ -16,13 +16,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .clip_vit import resize_pos_embed
+from .constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, REFERENCE_INVERSE_STD
 
-CLIP_MEAN = (122.771, 116.746, 104.094)
-CLIP_STD = (68.501, 66.632, 70.323)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# The reference rebuilds the DINO image with 0.255 (sic) as the blue std.
-REFERENCE_INVERSE_STD = (0.229, 0.224, 0.255)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from .config import SpectralConfig
+
 _EPS = 1e-12
 
 
@@ -264,14 +266,15 @@ def zero_diagonal(graph: Tensor) -> Tensor:
     return graph - torch.diag_embed(torch.diagonal(graph, dim1=-2, dim2=-1))
 
 
-def fuse_spectral(clip_keys: Tensor, vfm_keys: Tensor, *, top_eigen: int = 20, rank: int | None = 10,
-                  energy_threshold: float = 0.95, scale_eigenvalues: bool = True, canonical: bool = True, swapped_pairing: bool = True,
-                  vfm_weight: float = 10.0) -> Tensor:
+def fuse_spectral(clip_keys: Tensor, vfm_keys: Tensor, cfg: SpectralConfig) -> Tensor:
     """Fused attention logits of the "spectral" strategy (spec sections 3-4).
 
     Args:
         clip_keys: (B, H, N, d) CLIP patch keys.
         vfm_keys: (B, H, N, d) DINO keys on the CLIP grid, range-matched.
+        cfg: ``top_eigen``, ``low_rank``, ``energy_threshold``,
+            ``eigenscaling``, ``canonical_matching``, ``swapped_pairing`` and
+            ``vfm_weight`` are used.
 
     Returns:
         (B, H, N, N) float32 ``(10 w A~ + A_CLIP) / (10 w + 1)``, before G.
@@ -279,32 +282,32 @@ def fuse_spectral(clip_keys: Tensor, vfm_keys: Tensor, *, top_eigen: int = 20, r
     clip_graph = key_graph(clip_keys.float())
     # one decomposition per DINO head serves both its spectrum and its low-rank graph
     dino_vals, dino_vecs = _gram_eigh(vfm_keys)
-    cost = spectral_cost(head_spectra(vfm_keys, top_eigen, dino_vals), head_spectra(clip_keys, top_eigen))
-    cols = match_heads(cost, canonical=canonical)
-    dino_index, weight = pairing(cost, cols, swapped=swapped_pairing)
+    cost = spectral_cost(head_spectra(vfm_keys, cfg.top_eigen, dino_vals), head_spectra(clip_keys, cfg.top_eigen))
+    cols = match_heads(cost, canonical=cfg.canonical_matching)
+    dino_index, weight = pairing(cost, cols, swapped=cfg.swapped_pairing)
 
     def paired(t: Tensor) -> Tensor:  # (B, H, ...) rows reordered by dino_index
         index = dino_index.reshape(*dino_index.shape, *(1,) * (t.dim() - 2))
         return t.gather(1, index.expand_as(t))
 
-    approx = low_rank_graph(paired(vfm_keys), rank, scale_eigenvalues, energy_threshold,
+    approx = low_rank_graph(paired(vfm_keys), cfg.low_rank, cfg.eigenscaling, cfg.energy_threshold,
                             eigenpairs=(paired(dino_vals), paired(dino_vecs)))
     approx = zero_diagonal(approx)
     approx = range_match(approx, clip_graph, dims=(-2, -1))
-    w = (vfm_weight * weight)[..., None, None]
+    w = (cfg.vfm_weight * weight)[..., None, None]
     return (w * approx + clip_graph) / (w + 1)
 
 
-def fuse_sequential(clip_keys: Tensor, vfm_keys: Tensor, *, rank: int | None = 10,
-                    energy_threshold: float = 0.95) -> Tensor:
+def fuse_sequential(clip_keys: Tensor, vfm_keys: Tensor, cfg: SpectralConfig) -> Tensor:
     """Fused attention logits of the "sequential" strategy: head i with head i.
 
-    No matching, no eigenscaling: ``(A~ + A_CLIP) / 2``.
+    No matching, no eigenscaling: ``(A~ + A_CLIP) / 2`` (``cfg.low_rank`` and
+    ``cfg.energy_threshold`` are used).
 
     Returns:
         (B, H, N, N) float32, before G.
     """
     clip_graph = key_graph(clip_keys.float())
-    approx = zero_diagonal(low_rank_graph(vfm_keys, rank, scale_eigenvalues=False,
-                                          energy_threshold=energy_threshold))
+    approx = zero_diagonal(low_rank_graph(vfm_keys, cfg.low_rank, scale_eigenvalues=False,
+                                          energy_threshold=cfg.energy_threshold))
     return (range_match(approx, clip_graph, dims=(-2, -1)) + clip_graph) / 2

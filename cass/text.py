@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from sklearn.metrics.pairwise import cosine_distances
 from torch import Tensor, nn
 
 from .clip_vit import encode_text
+from .config import TextConfig
 
 Template = Callable[[str], str]
 logger = logging.getLogger(__name__)
@@ -83,6 +85,47 @@ def read_class_file(path: str | os.PathLike) -> tuple[list[str], list[int], list
             raise VocabularyError(f"{file}: line {number} is blank (one class per line)")
     queries, index = parse_vocabulary(lines, str(file))
     return queries, index, [line.split(", ")[0].strip() for line in lines]
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The classes to segment: each class has one or more names (synonyms).
+
+    Every name is a separate text query; a class's score is the max over its
+    queries.
+
+    Attributes:
+        queries: every name of every class, in order (Q).
+        query_class: class index of each query (Q).
+        class_names: one display name per class, its first name (C).
+    """
+
+    queries: tuple[str, ...]
+    query_class: tuple[int, ...]
+    class_names: tuple[str, ...]
+
+    @classmethod
+    def from_classes(cls, classes: Sequence[str]) -> Vocabulary:
+        """One entry per class, synonyms separated by ``", "`` (``["sky", "dog, puppy"]``)."""
+        if isinstance(classes, str):
+            raise VocabularyError(f"classes must be a list of class names, got the string {classes!r}")
+        classes = list(classes)
+        queries, index = parse_vocabulary(classes)
+        return cls(tuple(queries), tuple(index), tuple(c.split(", ")[0].strip() for c in classes))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Vocabulary:
+        """A class-name file: one class per line, synonyms separated by ``", "``."""
+        queries, index, names = read_class_file(path)
+        return cls(tuple(queries), tuple(index), tuple(names))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def has_synonyms(self) -> bool:
+        return len(self.queries) != len(self.class_names)
 
 
 def _fingerprint(model: nn.Module) -> str:
@@ -151,13 +194,13 @@ def query_clusters(text_embeddings: Tensor, threshold: float) -> np.ndarray:
     return fcluster(tree, t=threshold, criterion="distance").astype(np.int64) - 1
 
 
-def refine_text(patch_feats: Tensor, text: Tensor, presence: Tensor, clusters: Tensor,
-                alpha: float, top_k: int = 2) -> Tensor:
+def refine_text(patch_feats: Tensor, text: Tensor, presence: Tensor, clusters: Tensor, cfg: TextConfig) -> Tensor:
     """Object-presence refinement of the query embeddings, per crop.
 
     For each cluster, the query ``c*`` with the highest presence ``P`` is
-    moved towards the mean of the ``top_k`` patch features most similar to
-    it: ``t_c* <- normalise((1 - alpha) t_c* + alpha mu)``; others keep ``t_c``.
+    moved towards the mean of the ``cfg.top_patches`` patch features most
+    similar to it: ``t_c* <- normalise((1 - alpha) t_c* + alpha mu)`` with
+    ``alpha = cfg.mean_vector_weight``; others keep ``t_c``.
 
     Args:
         patch_feats: (B, N, E) L2-normalised patch features ``F``.
@@ -169,13 +212,14 @@ def refine_text(patch_feats: Tensor, text: Tensor, presence: Tensor, clusters: T
         (B, Q, E) refined embeddings.
     """
     b, q = presence.shape
+    alpha = cfg.mean_vector_weight
     num_clusters = int(clusters.max()) + 1
     member = clusters[None, :] == torch.arange(num_clusters, device=clusters.device)[:, None]  # (K, Q)
     masked = presence[:, None, :].masked_fill(~member, -torch.inf)  # (B, K, Q)
     best = masked.argmax(dim=-1)  # (B, K): first maximum, like numpy
     sims = patch_feats @ text.T  # (B, N, Q)
     best_sims = sims.gather(2, best[:, None, :].expand(-1, sims.shape[1], -1))  # (B, N, K)
-    top = best_sims.topk(min(top_k, sims.shape[1]), dim=1).indices  # (B, k, K)
+    top = best_sims.topk(min(cfg.top_patches, sims.shape[1]), dim=1).indices  # (B, k, K)
     picked = patch_feats.gather(1, top.flatten(1)[..., None].expand(-1, -1, patch_feats.shape[-1]))
     mean = F.normalize(picked.reshape(b, -1, num_clusters, patch_feats.shape[-1]).mean(1), dim=-1)  # (B, K, E)
     moved = F.normalize((1 - alpha) * text[best] + alpha * mean, dim=-1)
@@ -184,6 +228,8 @@ def refine_text(patch_feats: Tensor, text: Tensor, presence: Tensor, clusters: T
     return refined
 
 
-def class_logits(patch_feats: Tensor, refined_text: Tensor, presence: Tensor, gamma: float) -> Tensor:
-    """``S = (1 - gamma) F . t~ + gamma P``: (B, N, E), (B, Q, E), (B, Q) -> (B, N, Q)."""
+def class_logits(patch_feats: Tensor, refined_text: Tensor, presence: Tensor, cfg: TextConfig) -> Tensor:
+    """``S = (1 - gamma) F . t~ + gamma P`` with ``gamma = cfg.global_semantics_weight``:
+    (B, N, E), (B, Q, E), (B, Q) -> (B, N, Q)."""
+    gamma = cfg.global_semantics_weight
     return (1 - gamma) * (patch_feats @ refined_text.transpose(1, 2)) + gamma * presence[:, None, :]

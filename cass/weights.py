@@ -17,18 +17,8 @@ from open_clip.model import build_model_from_openai_state_dict
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
+from .constants import OPENAI_CLIP_URLS, VFM_URLS
 from .dino_keys import VFM_SPECS
-
-OPENAI_CLIP_URLS = {
-    "ViT-B/16": "https://openaipublic.azureedge.net/clip/models/"
-                "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
-    "ViT-L/14": "https://openaipublic.azureedge.net/clip/models/"
-                "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
-}
-VFM_URLS = {
-    "dino_vitb8": "https://dl.fbaipublicfiles.com/dino/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
-    "dinov2_vitb14_reg4": "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth",
-}
 
 
 class WeightsError(RuntimeError):

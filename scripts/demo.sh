@@ -7,5 +7,5 @@
 #   bash scripts/demo.sh --image photo.jpg --classes "cat, dog, sky" --out result.png
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bash "$repo/scripts/setup.sh" >&2  # keep stdout for the legend
+bash "$repo/scripts/setup.sh" --demo >&2  # no mmcv build; keep stdout for the legend
 exec "${CASS_VENV:-$repo/.venv}/bin/python" "$repo/demo.py" "$@"

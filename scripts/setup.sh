@@ -1,26 +1,33 @@
 #!/usr/bin/env bash
 # Create (or refresh) the project's virtual environment in ./.venv.
 #
-#   bash scripts/setup.sh          # runtime + test tools
-#   bash scripts/setup.sh --no-test
+#   bash scripts/setup.sh           # full: the model, the mmseg adapter (mmcv built from source), test tools
+#   bash scripts/setup.sh --demo    # the model, the image API and demo.py only: no mmcv, no build
+#   bash scripts/setup.sh --no-test # full without the test tools
 #
-# Order matters: torch first, then mmcv 2.1.0 built from source against it
-# (--no-build-isolation so it sees that torch; MMCV_WITH_OPS=1 for mmcv.ops,
-# which mmseg imports), then everything else. pip's wheel cache makes a second
-# build free, and a stamp file makes a second run on a ready environment a
-# no-op that takes seconds.
+# Order matters: torch first; in the full profile mmcv 2.1.0 is then built
+# from source against it (scripts/build_mmcv.sh), then everything else. A
+# stamp file makes a second run on a ready environment a no-op that takes
+# seconds; a demo environment is completed by a later full run.
 #
 # Environment variables:
 #   CASS_VENV   where to create the environment (default: <repo>/.venv)
 #   PYTHON      interpreter used to create it (default: python3)
-#   MMCV_CUDA   on a CUDA machine: 0 builds CPU-only mmcv ops (faster build)
+#   MMCV_CUDA   on a CUDA machine: 0 builds CPU-only mmcv ops (CASS uses no mmcv op)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${CASS_VENV:-$repo/.venv}
 python=${PYTHON:-python3}
+profile=full
 with_test=1
-[[ ${1:-} == --no-test ]] && with_test=0
+for arg in "$@"; do
+  case $arg in
+    --demo) profile=demo; with_test=0 ;;
+    --no-test) with_test=0 ;;
+    *) echo "setup: unknown option '$arg' (use --demo or --no-test)" >&2; exit 2 ;;
+  esac
+done
 
 die() { echo "setup: $*" >&2; exit 1; }
 
@@ -32,17 +39,27 @@ case $pyver in
   *) die "Python $pyver is not supported (torch 2.13 + mmcv 2.1 need 3.10-3.12); set PYTHON=/path/to/python3.11" ;;
 esac
 "$python" -c 'import venv, ensurepip' 2>/dev/null || die "Python $pyver lacks venv/ensurepip (Debian: apt-get install python3-venv)"
-command -v "${CXX:-g++}" >/dev/null || die "no C++ compiler (${CXX:-g++}) on PATH; mmcv 2.1.0 is built from source (Debian: apt-get install g++)"
-"$python" -c 'import sysconfig, os, sys; h = sysconfig.get_paths()["include"]; sys.exit(not os.path.exists(os.path.join(h, "Python.h")))' \
-  || die "Python headers (Python.h) are missing; mmcv's build needs them (Debian: apt-get install python3-dev)"
+if [[ $profile == full ]]; then
+  command -v "${CXX:-g++}" >/dev/null || die "no C++ compiler (${CXX:-g++}) on PATH; mmcv 2.1.0 is built from source (Debian: apt-get install g++; or bash scripts/setup.sh --demo, which needs no build)"
+  "$python" -c 'import sysconfig, os, sys; h = sysconfig.get_paths()["include"]; sys.exit(not os.path.exists(os.path.join(h, "Python.h")))' \
+    || die "Python headers (Python.h) are missing; mmcv's build needs them (Debian: apt-get install python3-dev)"
+fi
 
-stamp_key=$(cat "$repo/requirements.txt" "$repo/requirements-test.txt" "$repo/pyproject.toml" "$0" | sha256sum | cut -c1-16)-$pyver-$with_test
+stamp_key=$(cat "$repo/requirements.txt" "$repo/requirements-mmseg.txt" "$repo/requirements-test.txt" \
+  "$repo/pyproject.toml" "$0" "$repo/scripts/build_mmcv.sh" | sha256sum | cut -c1-16)-py$pyver
 stamp=$venv/.cass-setup-stamp
+check='import torch, torchvision, open_clip, timm, mmengine, cass'
+[[ $profile == full ]] && check+='; import mmcv.ops, mmseg, cass.mmseg'
+[[ $with_test == 1 ]] && check+='; import pytest'
 
-if [[ -f $stamp && $(cat "$stamp") == "$stamp_key" ]] \
-   && "$venv/bin/python" -c 'import torch, torchvision, mmcv.ops, mmseg, open_clip, timm, cass' 2>/dev/null; then
-  echo "setup: environment in $venv is up to date"
-  exit 0
+# a full environment also serves the demo; a demo one is completed by a full run
+if [[ -f $stamp ]]; then
+  read -r done_key done_profile done_test < "$stamp" || true
+  if [[ ${done_key:-} == "$stamp_key" && (${done_profile:-} == full || ${done_profile:-} == "$profile") \
+        && ${done_test:-0} -ge $with_test ]] && "$venv/bin/python" -c "$check" 2>/dev/null; then
+    echo "setup: environment in $venv is up to date ($done_profile profile)"
+    exit 0
+  fi
 fi
 
 [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
@@ -52,41 +69,33 @@ pip=("$venv/bin/python" -m pip)
 pip_iso=("${pip[@]}" --isolated)
 [[ -n ${PIP_CERT:-} ]] && pip_iso+=(--cert "$PIP_CERT")
 
-req() { grep -E "^$1==" "$repo/requirements.txt" || die "requirements.txt does not pin $1"; }
+req() { grep -hE "^$1==" "$repo/requirements.txt" "$repo/requirements-mmseg.txt" || die "no pin of $1 in requirements*.txt"; }
+steps=4; [[ $profile == full ]] && steps=5
 
-echo "setup: [1/5] build tools"
+echo "setup: [1/$steps] build tools ($profile profile)"
 "${pip[@]}" install -q --upgrade pip wheel ninja
 
-echo "setup: [2/5] $(req torch) + $(req torchvision)"
-"${pip_iso[@]}" install -q "$(req torch)" "$(req torchvision)"
+echo "setup: [2/$steps] $(req torch) + $(req torchvision)"
+if ! "$venv/bin/python" -c "import torch, torchvision, sys; sys.exit(torch.__version__.split('+')[0] != '$(req torch | cut -d= -f3)')" 2>/dev/null; then
+  "${pip_iso[@]}" install -q "$(req torch)" "$(req torchvision)"
+fi
 "$venv/bin/python" -c 'import torch, torchvision' 2>/dev/null \
   || die "torch and torchvision do not import together; check that requirements.txt pins a matching pair"
 
-echo "setup: [3/5] $(req mmcv) from source (about 11 min on 2 cores the first time, seconds from pip's cache)"
-if ! "$venv/bin/python" -c 'import mmcv.ops' 2>/dev/null; then
-  cuda=$("$venv/bin/python" -c 'import torch; print(int(torch.cuda.is_available()))')
-  export MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
-  if [[ $cuda == 1 && ${MMCV_CUDA:-1} == 1 ]]; then
-    export FORCE_CUDA=1
-    echo "setup: CUDA found, building mmcv's CUDA ops too (20-40 min; MMCV_CUDA=0 skips them)"
-  else
-    export FORCE_CUDA=0
-  fi
-  # mmcv 2.1's setup.py imports pkg_resources, which setuptools >= 81 dropped
-  # (and torch's install may have upgraded setuptools): pin one that has it.
-  "${pip[@]}" install -q "setuptools==69.5.1"
-  "${pip[@]}" install --no-build-isolation "$(req mmcv)" "$(req mmengine)"
-fi
-
-echo "setup: [4/5] the rest of requirements.txt and the cass package"
+echo "setup: [3/$steps] requirements.txt and the cass package"
 "${pip[@]}" install -q -r "$repo/requirements.txt"
 "${pip[@]}" install -q --no-deps --no-build-isolation -e "$repo"
+
+if [[ $profile == full ]]; then
+  echo "setup: [4/$steps] $(req mmcv) (built from source: about 11 min on 2 cores the first time) + $(req mmsegmentation)"
+  bash "$repo/scripts/build_mmcv.sh" "$venv/bin/python"
+  "${pip[@]}" install -q -r "$repo/requirements-mmseg.txt"
+fi
 if [[ $with_test == 1 ]]; then
-  echo "setup: [5/5] test tools"
+  echo "setup: [$steps/$steps] test tools"
   "${pip[@]}" install -q -r "$repo/requirements-test.txt"
 fi
 
-"$venv/bin/python" -c 'import torch, torchvision, mmcv.ops, mmseg, open_clip, timm, cass' \
-  || die "the environment in $venv does not import; see the messages above"
-echo "$stamp_key" > "$stamp"
-echo "setup: ready: source $venv/bin/activate"
+"$venv/bin/python" -c "$check" || die "the environment in $venv does not import; see the messages above"
+echo "$stamp_key $profile $with_test" > "$stamp"
+echo "setup: ready ($profile profile): source $venv/bin/activate"

@@ -10,46 +10,29 @@ from pathlib import Path
 
 import pytest
 import torch
-from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-from cass.weights import build_vfm
+from cass.random_weights import TINY_VFM, random_clip, random_dino, write_clip, write_dino
 
-TINY_VFM = dict(embed_dim=128, depth=2, num_heads=2)
+__all__ = ["TINY_VFM", "model_keys", "segmentor_cfg", "tiny_clip", "tiny_dino", "write_clip_state_dict",
+           "write_dino_checkpoint"]
 
 
-def tiny_clip(seed: int = 0) -> CLIP:
-    torch.manual_seed(seed)
-    model = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=2, width=128, patch_size=16, image_size=224),
-                 text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1),
-                 quick_gelu=True)
-    return model.eval()
+def tiny_clip(seed: int = 0):
+    return random_clip(tiny=True, seed=seed)
 
 
 def tiny_dino(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = build_vfm("dino_vitb8", **TINY_VFM)
-    with torch.no_grad():  # timm zero-inits cls/pos tokens; give them content
-        model.cls_token.normal_(std=0.5)
-        model.pos_embed.normal_(std=0.5)
-    return model
+    return random_dino(tiny=True, seed=seed)
 
 
 def write_clip_state_dict(path: Path, seed: int = 0) -> Path:
     """OpenAI key format, float16 like the released state dicts."""
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in tiny_clip(seed).state_dict().items()}
-    torch.save(state, path)
-    return path
+    return write_clip(path, tiny=True, seed=seed)
 
 
 def write_dino_checkpoint(path: Path, seed: int = 0, full: bool = False) -> Path:
     """DINO release layout: a plain state dict, or a training checkpoint with prefixes and a head."""
-    state = tiny_dino(seed).state_dict()
-    if full:
-        teacher = {f"backbone.{k}": v for k, v in state.items()}
-        teacher["head.mlp.0.weight"] = torch.zeros(4, 128)
-        state = {"teacher": teacher, "student": {f"module.{k}": v for k, v in teacher.items()}, "epoch": 3}
-    torch.save(state, path)
-    return path
+    return write_dino(path, tiny=True, seed=seed, full=full)
 
 
 @pytest.fixture(scope="session")
@@ -79,9 +62,17 @@ def _isolated_caches(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
 
 
+def model_keys(weights_dir: Path, class_file: Path, **overrides) -> dict:
+    """Config keys of a tiny model (cass.build.build_model)."""
+    keys = dict(clip_path=str(weights_dir / "tiny_clip.pt"), dino_path=str(weights_dir / "tiny_dino.pth"),
+                vfm_overrides=TINY_VFM, name_path=str(class_file), global_semantics_weight=0.25,
+                mean_vector_weight=0.04, h_threshold=0.5, prob_thd=0.0)
+    if "classes" in overrides:
+        keys.pop("name_path")
+    keys.update(overrides)
+    return keys
+
+
 def segmentor_cfg(weights_dir: Path, class_file: Path, **overrides) -> dict:
-    cfg = dict(type="CASSSegmentor", clip_path=str(weights_dir / "tiny_clip.pt"),
-               dino_path=str(weights_dir / "tiny_dino.pth"), vfm_overrides=TINY_VFM, name_path=str(class_file),
-               global_semantics_weight=0.25, mean_vector_weight=0.04, h_threshold=0.5, prob_thd=0.0)
-    cfg.update(overrides)
-    return cfg
+    """mmseg model config of the same tiny model."""
+    return dict(type="CASSSegmentor", **model_keys(weights_dir, class_file, **overrides))

@@ -1,20 +1,17 @@
-"""The single-image API: equal to mmseg's pipeline + predict, image kinds, bad input."""
+"""The image API (no mmseg): equal to the model on the pipeline's input, image kinds, bad input."""
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_VFM, segmentor_cfg
-from mmcv.transforms import LoadImageFromFile, Resize
-from mmengine.dataset import Compose
-from mmseg.datasets.transforms import PackSegInputs
-from mmseg.registry import MODELS
+from conftest import TINY_VFM
 from PIL import Image
 
 import cass.text
 from cass import VocabularyError, WeightsError
-from cass.api import DEFAULT_MODEL, ImageError, Segmenter
+from cass.api import ImageError, Segmenter
+from cass.images import normalise, read_image, resize_keep_ratio
 from cass.visualize import class_colors, legend_entries, render
 
 CLASSES = ["sky, cloud", "cat", "grass"]
@@ -49,26 +46,26 @@ def assert_same(a, b):
     np.testing.assert_array_equal(a.labels, b.labels)
 
 
-def test_equals_mmseg_pipeline_and_predict(make, weights_dir, class_file, tmp_path):
+def test_equals_the_model_on_the_pipeline_input(make, tmp_path):
     rgb = random_rgb(120, 160)
     path = tmp_path / "image.png"
     Image.fromarray(rgb).save(path)
-    settings = {k: v for k, v in DEFAULT_MODEL.items() if k not in ("type", "clip_path")}
-    model = MODELS.build(segmentor_cfg(weights_dir, class_file, classes=CLASSES, _scope_="mmseg", **settings))
-    pipeline = Compose([LoadImageFromFile(), Resize(scale=(2048, 336), keep_ratio=True), PackSegInputs()])
-    packed = pipeline(dict(img_path=str(path)))
-    assert tuple(packed["inputs"].shape) == (3, 336, 448)  # short side 336: 2 x 3 crops
-    data = model.data_preprocessor(dict(inputs=[packed["inputs"]], data_samples=[packed["data_samples"]]), False)
-    expected = model.predict(data["inputs"], data["data_samples"])[0]
-    probs, labels = expected.seg_logits.data.numpy(), expected.pred_sem_seg.data[0].numpy()
-    assert probs.shape == (3, 120, 160) and len(np.unique(labels)) > 1
     segmenter = make()
+    assert segmenter.scale == (2048, 336)  # the ADE20K config's Resize
+    resized = resize_keep_ratio(read_image(path), segmenter.scale)
+    assert resized.shape == (336, 448, 3)  # short side 336: 2 x 3 crops
+    expected = segmenter.model([normalise(resized)], [(120, 160)])[0]
+    probs, labels = expected.probs.numpy(), expected.labels.numpy()
+    assert probs.shape == (3, 120, 160) and len(np.unique(labels)) > 1
     for image in (path, rgb, Image.fromarray(rgb)):
         result = segmenter(image)
         np.testing.assert_array_equal(result.probs, probs)
         np.testing.assert_array_equal(result.labels, labels)
         np.testing.assert_array_equal(result.image, rgb)
         assert result.class_names == ["sky", "cat", "grass"]
+    batch = segmenter.segment([path, random_rgb(64, 90, 9)])
+    np.testing.assert_array_equal(batch[0].labels, labels)
+    assert batch[1].labels.shape == (64, 90)
 
 
 def test_text_embeddings_computed_once_per_vocabulary(segmenter, monkeypatch):
@@ -216,32 +213,33 @@ def test_render_overlay_and_legend():
 
 
 def test_benchmark_configs(make):
-    """Defaults = the ADE20K config; a config's class file is replaced by
+    """Default = the ADE20K config; a config's class file is replaced by
     ``classes``; the Cityscapes config resizes to a short side of 560."""
     ade, default = make(config=CONFIGS / "cfg_ade20k.py"), make()
-    for name in ("gamma", "alpha", "h_threshold", "slide_crop", "slide_stride", "prob_thd", "logit_scale",
-                 "attn_strategy", "eigenscaling", "prior_from_crop", "pamr_steps", "precision", "low_rank"):
-        assert getattr(ade.model, name) == getattr(default.model, name), name
-    assert repr(ade.transforms) == repr(default.transforms)
+    assert ade.model.config == default.model.config and ade.scale == default.scale == (2048, 336)
+    assert ade.model.config.text.global_semantics_weight == 0.3
     assert ade.class_names == ["sky", "cat", "grass"]
     assert len(make(config=CONFIGS / "cfg_ade20k.py", classes=None).class_names) == 150
     city = make(config=CONFIGS / "cfg_city_scapes.py")
-    packed = city.transforms(city.load(np.zeros((100, 200, 3), np.uint8)))
-    assert tuple(packed["inputs"].shape) == (3, 560, 1120) and city.model.prior_from_crop
+    assert tuple(city.prepare(np.zeros((100, 200, 3), np.uint8)).shape) == (3, 560, 1120)
+    assert city.model.config.text.prior_from_crop and not city.model.config.spectral.eigenscaling
 
 
 def test_settings_reach_the_model(make):
     segmenter = make(precision="fp32", prob_thd=0.6, cfg_options={"model.h_threshold": 0.2}, device="cpu")
-    model = segmenter.model
-    assert (model.precision, model.prob_thd, model.h_threshold, model.gamma) == ("fp32", 0.6, 0.2, 0.3)
+    cfg = segmenter.model.config
+    assert (cfg.precision.clip, cfg.output.prob_thd, cfg.text.h_threshold, cfg.text.global_semantics_weight) == \
+        ("fp32", 0.6, 0.2, 0.3)
     assert segmenter.device == torch.device("cpu")
     result = segmenter(random_rgb(40, 40, 7))
     top = result.probs.max(0)
     np.testing.assert_array_equal(result.labels, np.where(top < 0.6, 0, result.probs.argmax(0)))
-    with pytest.raises(ValueError, match="unknown model setting: .*'slide_crops'"):
+    with pytest.raises(ValueError, match=r"unknown model setting.*'slide_crops'"):
         make(slide_crops=0)
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         make(device="gpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             make(device="cuda")
+    with pytest.raises(ValueError, match="unsupported step 'RandomFlip'"):
+        make(cfg_options={"test_pipeline": [dict(type="LoadImageFromFile"), dict(type="RandomFlip")]})

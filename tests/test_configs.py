@@ -63,7 +63,7 @@ def test_config_settings(name, tmp_path, monkeypatch):
         (gamma, alpha, h, prob)
     for key, value in {**BASE_FLAGS, **flags}.items():
         assert model[key] == value, key
-    assert "cass" in cfg.custom_imports.imports and cfg.custom_imports.allow_failed_imports is False
+    assert cfg.custom_imports.imports == ["cass.mmseg"] and cfg.custom_imports.allow_failed_imports is False
 
     loader = cfg.test_dataloader
     assert loader.batch_size == 1 and loader.sampler.shuffle is False
@@ -102,9 +102,10 @@ for name in {sorted(BENCHMARKS)!r}:
     cfg.model.update(clip_path={str(weights_dir / "tiny_clip.pt")!r}, dino_path={str(weights_dir / "tiny_dino.pth")!r},
                      vfm_overrides=dict(embed_dim=128, depth=2, num_heads=2), text_cache_dir=False)
     model = MODELS.build(cfg.model)
-    built[name] = [type(model).__name__, model.num_classes, model.slide_crop, model.eigenscaling]
+    config = model.model.config
+    built[name] = [type(model).__name__, model.num_classes, config.window.slide_crop, config.spectral.eigenscaling]
 print(json.dumps(built))
-assert 'cass' in sys.modules
+assert 'cass.mmseg' in sys.modules
 """
     env = dict(os.environ, PYTHONPATH="")
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -11,8 +11,8 @@ from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import DATASETS
 from PIL import Image
 
-from cass import check_data
-from cass.datasets import COCOObjectDataset, PascalVOC20Dataset
+from cass.mmseg import check_data
+from cass.mmseg.datasets import COCOObjectDataset, PascalVOC20Dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

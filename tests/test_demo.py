@@ -109,7 +109,7 @@ def test_demo_defaults_to_a_bundled_photo(demo, weights_dir, tmp_path, capsys):
     (["--class-file", "none.txt"], "demo.py: class-name file not found: none.txt"),
     (["--config", "none.py"], "demo.py: config not found: none.py"),
     (["--cfg-options", "model.precision=fp64"], "demo.py: precision must be one of"),
-    (["--cfg-options", "model.bogus=1"], "demo.py: unknown model setting: "),
+    (["--cfg-options", "model.bogus=1"], "demo.py: unknown model setting "),
     (["--device", "gpu"], "demo.py: unknown device 'gpu'"),
 ])
 def test_demo_errors_are_one_line(demo, weights_dir, tmp_path, monkeypatch, capsys, args, message):

@@ -20,7 +20,7 @@ from mmseg.structures import SegDataSample
 from PIL import Image
 
 from cass import summary
-from cass.evaluation import SegResultWriter, colourise
+from cass.mmseg.evaluation import SegResultWriter, colourise
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_OPTIONS = [f"model.vfm_overrides.{key}={value}" for key, value in TINY_VFM.items()]

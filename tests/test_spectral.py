@@ -8,6 +8,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from cass import spectral
+from cass.config import SpectralConfig
 
 
 def keys(*shape, seed=0):
@@ -154,14 +155,14 @@ def slow_fuse(clip_k, dino_k, swapped):
 @pytest.mark.parametrize("swapped", [True, False])
 def test_fuse_spectral_against_per_head_loop(swapped):
     clip_k, dino_k = keys(1, 4, 30, 16, seed=7), keys(1, 4, 30, 16, seed=8)
-    fast = spectral.fuse_spectral(clip_k.float(), dino_k.float(), swapped_pairing=swapped)
+    fast = spectral.fuse_spectral(clip_k.float(), dino_k.float(), SpectralConfig(swapped_pairing=swapped))
     slow = slow_fuse(clip_k[0], dino_k[0], swapped)
     torch.testing.assert_close(fast[0].double(), slow, atol=2e-4, rtol=1e-4)
 
 
 def test_fuse_sequential_formula():
     clip_k, dino_k = keys(1, 2, 30, 16, seed=9), keys(1, 2, 30, 16, seed=10)
-    fast = spectral.fuse_sequential(clip_k.float(), dino_k.float())
+    fast = spectral.fuse_sequential(clip_k.float(), dino_k.float(), SpectralConfig())
     for h in range(2):
         graph = clip_k[0, h] @ clip_k[0, h].T / 4
         approx = slow_low_rank(dino_k[0, h], 10, False)

@@ -9,6 +9,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
 from cass import clip_vit, text
+from cass.config import TextConfig
 from cass.text import VocabularyError
 
 
@@ -97,8 +98,8 @@ def test_refine_text_against_loop():
     txt = F.normalize(torch.randn(6, 8, generator=g), dim=-1)
     presence = torch.randn(3, 6, generator=g)
     clusters = torch.tensor([0, 1, 0, 2, 1, 0])
-    fast = text.refine_text(feats, txt, presence, clusters, alpha=0.3)
+    fast = text.refine_text(feats, txt, presence, clusters, TextConfig(mean_vector_weight=0.3))
     for b in range(3):
         torch.testing.assert_close(fast[b], slow_refine(feats[b], txt, presence[b], clusters, 0.3))
-    logits = text.class_logits(feats, fast, presence, gamma=0.2)
+    logits = text.class_logits(feats, fast, presence, TextConfig(global_semantics_weight=0.2))
     torch.testing.assert_close(logits[1], 0.8 * feats[1] @ fast[1].T + 0.2 * presence[1][None])

@@ -1,7 +1,7 @@
 """CASS with the structure of the released code: the per-crop baseline.
 
-Computes the same function as :class:`cass.segmentor.CASSSegmentor` (same
-models, same settings, read from a built segmentor), but organised the way
+Computes the same function as :class:`cass.model.CASSModel` (same models,
+same settings, read from a built model; public attributes only), but organised the way
 the authors' release is, so that ``benchmark.py`` can measure what the fast
 path gains:
 
@@ -22,7 +22,8 @@ Only the reference behaviour of the segmentor's defaults is supported
 randomised SVD is not deterministic; ``exact_low_rank=True`` replaces it with
 an N x N ``eigh`` (still per head) for the agreement tests.
 
-The functions are module-level so that the benchmark can time each stage.
+Each part runs inside the same named stages as the fast path
+(:mod:`cass.stages`), so ``benchmark.py`` times both alike.
 """
 from __future__ import annotations
 
@@ -37,18 +38,20 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from .. import clip_vit, spectral
-from ..dino_keys import IMAGENET_MEAN, IMAGENET_STD, REFERENCE_INVERSE_STD, VFMSpec, keys_on_clip_grid, \
-    plain_dino_images
-from ..segmentor import CASSSegmentor, slide_windows
+from ..constants import IMAGENET_MEAN, IMAGENET_STD, REFERENCE_INVERSE_STD
+from ..dino_keys import VFMSpec, keys_on_clip_grid, plain_dino_images
+from ..model import CASSModel, slide_windows
+from ..stages import stage
 
 
-def check_supported(seg: CASSSegmentor) -> None:
+def check_supported(model: CASSModel) -> None:
     """Raise ValueError for settings the per-crop baseline does not implement."""
-    if seg.attn_strategy not in ("spectral", "sequential"):
-        raise ValueError(f"reference loop: attn_strategy '{seg.attn_strategy}' not supported")
-    if seg.low_rank is None:
+    cfg = model.config.spectral
+    if cfg.attn_strategy not in ("spectral", "sequential"):
+        raise ValueError(f"reference loop: attn_strategy '{cfg.attn_strategy}' not supported")
+    if cfg.low_rank is None:
         raise ValueError("reference loop: needs an integer low_rank (the released code's r = 10)")
-    if seg.vfm_spec.fixed_size is not None:
+    if model.vfm_spec.fixed_size is not None:
         raise ValueError("reference loop: only DINO ViT-B/8 (no fixed-size VFM input)")
 
 
@@ -151,7 +154,7 @@ def _range_like(x: Tensor, ref: Tensor) -> Tensor:
     return (x - x.min()) / (x.max() - x.min()) * (ref.max() - ref.min()) + ref.min()
 
 
-def spectral_attention(seg: CASSSegmentor, clip_keys: Tensor, dino_keys: Tensor, grid: tuple[int, int],
+def spectral_attention(model: CASSModel, clip_keys: Tensor, dino_keys: Tensor, grid: tuple[int, int],
                        exact_low_rank: bool = False) -> Tensor:
     """Fused attention of one crop, head by head.
 
@@ -161,6 +164,7 @@ def spectral_attention(seg: CASSSegmentor, clip_keys: Tensor, dino_keys: Tensor,
     Returns:
         (H, N, N) row-stochastic attention.
     """
+    cfg = model.config.spectral
     heads, _, d = clip_keys.shape
     clip_keys = clip_keys.float()
     dino_keys = _range_like(dino_keys, clip_keys)
@@ -168,30 +172,30 @@ def spectral_attention(seg: CASSSegmentor, clip_keys: Tensor, dino_keys: Tensor,
     clip_graph = torch.bmm(clip_keys, clip_keys.transpose(1, 2)) * scale
     dino_graph = torch.bmm(dino_keys, dino_keys.transpose(1, 2)) * scale
     fused = torch.zeros_like(clip_graph)
-    if seg.attn_strategy == "spectral":
-        cost = head_cost(compute_spectrum(dino_graph, seg.top_eigen), compute_spectrum(clip_graph, seg.top_eigen))
+    if cfg.attn_strategy == "spectral":
+        cost = head_cost(compute_spectrum(dino_graph, cfg.top_eigen), compute_spectrum(clip_graph, cfg.top_eigen))
         cost_np = cost.numpy()
-        cols = (spectral.canonical_assignment(cost_np) if seg.canonical_matching
+        cols = (spectral.canonical_assignment(cost_np) if cfg.canonical_matching
                 else linear_sum_assignment(cost_np)[1])
         for i in range(heads):
             j = int(cols[i])
-            clip_head, dino_head = (i, j) if seg.swapped_pairing else (j, i)
+            clip_head, dino_head = (i, j) if cfg.swapped_pairing else (j, i)
             weight = float(1 - cost[i, j])
-            u, s, v = low_rank(dino_graph[dino_head], seg.low_rank, exact_low_rank)
-            if seg.eigenscaling:
+            u, s, v = low_rank(dino_graph[dino_head], cfg.low_rank, exact_low_rank)
+            if cfg.eigenscaling:
                 s = (s - s.min()) / (s.max() - s.min()) * (1.5 * s.max() - 0.5 * s.min()) + 0.5 * s.min()
             approx = (u @ torch.diag(s) @ v.T).float()
             approx.fill_diagonal_(0)
             approx = _range_like(approx, clip_graph[clip_head])
-            w = seg.vfm_weight * weight
+            w = cfg.vfm_weight * weight
             fused[clip_head] = (w * approx + clip_graph[clip_head]) / (w + 1)
     else:  # sequential
         for i in range(heads):
-            u, s, v = low_rank(dino_graph[i], seg.low_rank, exact_low_rank)
+            u, s, v = low_rank(dino_graph[i], cfg.low_rank, exact_low_rank)
             approx = (u @ torch.diag(s) @ v.T).float()
             approx.fill_diagonal_(0)
             fused[i] = (_range_like(approx, clip_graph[i]) + clip_graph[i]) / 2
-    bias = spectral.gaussian_bias(grid, seg.gaussian_std, device=fused.device)
+    bias = spectral.gaussian_bias(grid, cfg.gaussian_std, device=fused.device)
     return (fused + bias).softmax(-1)
 
 
@@ -218,7 +222,7 @@ def hierarchical_prompt(patch_feats: Tensor, text: Tensor, presence: Tensor, clu
     return refined
 
 
-def encode_image(seg: CASSSegmentor, x: Tensor, crop: Tensor, return_cls: bool,
+def encode_image(model: CASSModel, x: Tensor, crop: Tensor, return_cls: bool,
                  exact_low_rank: bool = False) -> tuple[Tensor | None, Tensor]:
     """One call of the release's CLIP ``encode_image`` on ``x`` (a crop or the whole image).
 
@@ -231,42 +235,50 @@ def encode_image(seg: CASSSegmentor, x: Tensor, crop: Tensor, return_cls: bool,
         (1, N, E) L2-normalised patch features (None if ``return_cls``) and
         (1, E) the L2-normalised image embedding ``v`` of ``x``.
     """
-    visual = seg.clip.visual
-    dino_keys, dino_grid = dino_forward(seg.vfm, dino_input(crop, min(x.shape[-2:]), seg.dino_input, seg.vfm_spec))
-    tokens, grid = clip_vit.clip_trunk(visual, x)
-    v = clip_vit.global_embedding(visual, tokens)
+    visual = model.clip.visual
+    cfg = model.config.spectral
+    with stage("dino"):
+        dino_keys, dino_grid = dino_forward(model.vfm, dino_input(crop, min(x.shape[-2:]), cfg.dino_input,
+                                                                  model.vfm_spec))
+    with stage("clip"):
+        tokens, grid = clip_vit.clip_trunk(visual, x)
+        v = clip_vit.global_embedding(visual, tokens)
     if return_cls:
         return None, v
-    _, k, values = clip_vit.last_block_qkv(visual, tokens)
-    dino_keys = keys_on_clip_grid(dino_keys, dino_grid, grid, seg.dino_keys_fp16)
-    attn = spectral_attention(seg, k[0], dino_keys[0], grid, exact_low_rank)
-    return clip_vit.reduced_block_output(visual, attn[None], values), v
+    with stage("clip"):
+        _, k, values = clip_vit.last_block_qkv(visual, tokens)
+    with stage("dino"):
+        dino_keys = keys_on_clip_grid(dino_keys, dino_grid, grid, cfg.dino_keys_fp16)
+    with stage("spectral"):
+        attn = spectral_attention(model, k[0], dino_keys[0], grid, exact_low_rank)
+    with stage("clip"):
+        return clip_vit.reduced_block_output(visual, attn[None], values), v
 
 
-def forward_feature(seg: CASSSegmentor, crop: Tensor, whole: Tensor | None,
+def forward_feature(model: CASSModel, crop: Tensor, whole: Tensor | None,
                     exact_low_rank: bool = False) -> Tensor:
     """Logits of one crop, at crop resolution: (1, 3, Hc, Wc) -> (Q, Hc, Wc).
 
     ``whole`` is the whole image for the presence prior (re-encoded here), or
     None to take the prior from the crop's own pass.
     """
-    text_feats, clusters = seg.text_state(crop.device)
-    feats, v = encode_image(seg, crop, crop, return_cls=False, exact_low_rank=exact_low_rank)
+    text_feats, clusters = model.text_state()
+    feats, v = encode_image(model, crop, crop, return_cls=False, exact_low_rank=exact_low_rank)
     if whole is not None:
-        _, v = encode_image(seg, whole, crop, return_cls=True, exact_low_rank=exact_low_rank)
-    presence = (v.float() @ text_feats.T)[0]
-    refined = hierarchical_prompt(feats[0], text_feats, presence, clusters.cpu().numpy(), seg.alpha)
-    logits = (feats[0] @ refined.T) * (1 - seg.gamma) + presence[None] * seg.gamma  # (N, Q)
-    logits = logits.T.reshape(1, -1, *_grid(seg, crop))
-    return F.interpolate(logits, size=crop.shape[-2:], mode="bilinear", align_corners=False)[0]
+        _, v = encode_image(model, whole, crop, return_cls=True, exact_low_rank=exact_low_rank)
+    cfg = model.config.text
+    with stage("text"):
+        presence = (v.float() @ text_feats.T)[0]
+        refined = hierarchical_prompt(feats[0], text_feats, presence, clusters.cpu().numpy(), cfg.mean_vector_weight)
+        gamma = cfg.global_semantics_weight
+        logits = (feats[0] @ refined.T) * (1 - gamma) + presence[None] * gamma  # (N, Q)
+    with stage("post"):
+        patch = model.patch_size
+        logits = logits.T.reshape(1, -1, crop.shape[-2] // patch, crop.shape[-1] // patch)
+        return F.interpolate(logits, size=crop.shape[-2:], mode="bilinear", align_corners=False)[0]
 
 
-def _grid(seg: CASSSegmentor, x: Tensor) -> tuple[int, int]:
-    patch = seg.clip.visual.conv1.kernel_size[0]
-    return x.shape[-2] // patch, x.shape[-1] // patch
-
-
-def query_logits(seg: CASSSegmentor, image: Tensor, exact_low_rank: bool = False) -> Tensor:
+def query_logits(model: CASSModel, image: Tensor, exact_low_rank: bool = False) -> Tensor:
     """Sliding-window (or whole-image) query logits of one image, crop by crop.
 
     Args:
@@ -275,23 +287,26 @@ def query_logits(seg: CASSSegmentor, image: Tensor, exact_low_rank: bool = False
     Returns:
         (Q, H, W) float32 logits.
     """
-    check_supported(seg)
-    if seg.slide_crop <= 0:
-        return forward_feature(seg, image[None], None, exact_low_rank)
+    check_supported(model)
+    window = model.config.window
+    if window.whole_image:
+        return forward_feature(model, image[None], None, exact_low_rank)
     height, width = image.shape[-2:]
-    total = image.new_zeros(len(seg.queries), height, width, dtype=torch.float32)
+    total = image.new_zeros(len(model.vocabulary.queries), height, width, dtype=torch.float32)
     count = image.new_zeros(1, height, width, dtype=torch.float32)
-    for y1, x1, y2, x2 in slide_windows(height, width, seg.slide_crop, seg.slide_stride):
+    for y1, x1, y2, x2 in slide_windows(height, width, window.slide_crop, window.slide_stride):
         crop = image[None, :, y1:y2, x1:x2]
-        whole = None if seg.prior_from_crop else image[None]
-        logits = forward_feature(seg, crop, whole, exact_low_rank)
-        total += F.pad(logits, (x1, width - x2, y1, height - y2))
-        count[:, y1:y2, x1:x2] += 1
-    return total / count
+        whole = None if model.config.text.prior_from_crop else image[None]
+        logits = forward_feature(model, crop, whole, exact_low_rank)
+        with stage("post"):
+            total += F.pad(logits, (x1, width - x2, y1, height - y2))
+            count[:, y1:y2, x1:x2] += 1
+    with stage("post"):
+        return total / count
 
 
 @torch.no_grad()
-def predict(seg: CASSSegmentor, images: Sequence[Tensor], out_sizes: Sequence[tuple[int, int]],
+def predict(model: CASSModel, images: Sequence[Tensor], out_sizes: Sequence[tuple[int, int]],
             exact_low_rank: bool = False) -> list[Tensor]:
     """Label maps of images processed one by one, crop by crop.
 
@@ -300,11 +315,7 @@ def predict(seg: CASSSegmentor, images: Sequence[Tensor], out_sizes: Sequence[tu
         out_sizes: output (original) size of each image.
 
     Returns:
-        (1, H, W) int64 labels per image (the segmentor's post-processing).
+        (H, W) int64 labels per image (the model's post-processing).
     """
-    out = []
-    for image, size in zip(images, out_sizes):
-        seg._prepare(image.device)
-        logits = query_logits(seg, image, exact_low_rank)
-        out.append(seg.postprocess(logits, image, tuple(size))[1])
-    return out
+    return [model.postprocess(query_logits(model, image, exact_low_rank), image, tuple(size)).labels
+            for image, size in zip(images, out_sizes)]

@@ -1,5 +1,5 @@
 # Runtime for training-free evaluation: mmseg scope, a test loop and mIoU.
-# (PerClassIoUMetric comes from cass.evaluation, imported by models/cass_vitb16_dinob8.py.)
+# (PerClassIoUMetric comes from cass.mmseg, imported by models/cass_vitb16_dinob8.py.)
 default_scope = 'mmseg'
 
 env_cfg = dict(

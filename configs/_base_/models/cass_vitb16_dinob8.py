@@ -1,9 +1,9 @@
 # CASS with CLIP ViT-B/16 and DINO ViT-B/8, the published setting.
 # Each benchmark config adds its class-name file and its four weights
-# (cass/segmentor.py documents every key).
-# 'cass' registers the segmentor and the datasets, 'cass.evaluation' the metric
-# and the result writer, so a config alone builds everything.
-custom_imports = dict(imports=['cass', 'cass.evaluation'], allow_failed_imports=False)
+# (cass/config.py documents every setting, cass/build.py the model keys).
+# 'cass.mmseg' registers the segmentor, the datasets, the metric and the result
+# writer, so a config alone builds everything.
+custom_imports = dict(imports=['cass.mmseg'], allow_failed_imports=False)
 model = dict(
     type='CASSSegmentor',
     clip_path='ViT-B/16',  # or a local OpenAI .pt archive / state dict

@@ -1,6 +1,6 @@
 """Check a benchmark's dataset before a long evaluation run.
 
-    python -m cass.check_data --config configs/cfg_coco_object.py [--data-root DIR] [--all]
+    python -m cass.mmseg.check_data --config configs/cfg_coco_object.py [--data-root DIR] [--all]
 
 Reports, one line each: a missing data root, image/label folder or split
 file; label files with the wrong suffix (e.g. ``_labelTrainIds.png`` where
@@ -211,7 +211,7 @@ def _check_label_values(paths: Sequence[str], num_classes: int, reduce_zero_labe
 
 def check_config(cfg: Config, label_samples: int | None = 32) -> DataReport:
     """Check the test dataset of a benchmark config, and its class-name file."""
-    from .text import read_class_file
+    from ..text import read_class_file
 
     model = cfg.get("model", {})
     class_count, source = None, "the vocabulary"
@@ -223,7 +223,7 @@ def check_config(cfg: Config, label_samples: int | None = 32) -> DataReport:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m cass.check_data", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m cass.mmseg.check_data", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="benchmark config, e.g. configs/cfg_voc21.py")
     parser.add_argument("--data-root", help="dataset root, replacing the config's data_root")

@@ -1,0 +1,64 @@
+"""Build a :class:`~cass.model.CASSModel` from config keys: weights, vocabulary, settings.
+
+The keys are those of the released configs' ``model=dict(...)`` (minus
+mmseg's own ``type``, ``data_preprocessor`` and ``init_cfg``), so the mmseg
+adapter, :class:`cass.api.Segmenter`, ``demo.py`` and ``benchmark.py`` build
+the same model from the same config files. Settings and vocabulary are checked
+before any weights are read.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from .config import CASSConfig, ConfigError
+from .dino_keys import VFM_SPECS
+from .model import CASSModel
+from .text import Vocabulary, VocabularyError
+from .weights import build_vfm, load_clip, load_vfm
+
+
+def vocabulary_from(classes: Sequence[str] | None = None, name_path: str | os.PathLike | None = None) -> Vocabulary:
+    """The vocabulary from a class list or a class-name file (exactly one of them)."""
+    if classes is not None and name_path is not None:
+        raise VocabularyError("give the vocabulary once: classes (a list) or name_path (a class-name file)")
+    if classes is not None:
+        return Vocabulary.from_classes(classes)
+    if name_path is not None:
+        return Vocabulary.from_file(name_path)
+    raise VocabularyError("no vocabulary: give classes (a list) or name_path (a class-name file)")
+
+
+def build_model(clip_path: str = "ViT-B/16", vfm: str = "dino_vitb8", dino_path: str | None = None,
+                vfm_overrides: dict | None = None, name_path: str | os.PathLike | None = None,
+                classes: Sequence[str] | None = None, text_cache_dir: str | bool | None = None,
+                clip_model: nn.Module | None = None, vfm_model: nn.Module | None = None,
+                **settings: Any) -> CASSModel:
+    """CASS from release weights (or given modules) and flat config keys.
+
+    Args:
+        clip_path: ``'ViT-B/16'`` (public OpenAI weights, downloaded once) or a
+            local OpenAI ``.pt`` archive / state dict.
+        vfm: ``'dino_vitb8'`` or ``'dinov2_vitb14_reg4'``.
+        dino_path: local VFM release checkpoint; None downloads the public one.
+        vfm_overrides: timm keyword arguments that resize the VFM's
+            architecture (tiny test models); its weights are still loaded.
+        name_path, classes: the vocabulary, as a class-name file or a list.
+        text_cache_dir: text-embedding cache; None the default, False none.
+        clip_model, vfm_model: ready modules instead of loading weights.
+        **settings: the method's settings, keys of :class:`~cass.config.CASSConfig`
+            (``global_semantics_weight=0.3``, ``slide_crop=0``, ...).
+    """
+    config = CASSConfig.from_keys(settings)
+    if vfm not in VFM_SPECS:
+        raise ConfigError(f"vfm must be one of {sorted(VFM_SPECS)}, got {vfm!r}")
+    vocabulary = vocabulary_from(classes, name_path)
+    clip = clip_model if clip_model is not None else load_clip(clip_path)
+    vfm_module = None
+    if config.spectral.uses_vfm:
+        vfm_module = vfm_model if vfm_model is not None else load_vfm(vfm, dino_path,
+                                                                      build_vfm(vfm, **(vfm_overrides or {})))
+    return CASSModel(clip, vfm_module, vocabulary, config, VFM_SPECS[vfm], text_cache_dir)

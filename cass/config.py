@@ -1,0 +1,252 @@
+"""Typed configuration of the CASS model.
+
+Each part of the method has its own small frozen dataclass, and the functions
+that implement that part take it whole, so a setting cannot be lost on the
+way. Field names are the keys of the released configs (``slide_crop``,
+``global_semantics_weight``, ...), so an mmseg ``model=dict(...)`` maps onto
+:class:`CASSConfig` by name (:meth:`CASSConfig.from_keys`); the two precision
+keys are the only renamed ones (``precision`` -> ``precision.clip``,
+``vfm_precision`` -> ``precision.vfm``).
+
+Defaults reproduce the released code (``docs/method.md``); the per-benchmark
+values live in ``configs/cfg_<benchmark>.py``.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+STRATEGIES = ("spectral", "sequential", "vanilla")
+DINO_INPUTS = ("reference", "plain")
+PRECISIONS = ("auto", "fp32", "tf32", "fp16", "bf16")
+
+
+class ConfigError(ValueError):
+    """A model setting is unknown or has an invalid value."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class SpectralConfig:
+    """Spectral object-level context distillation (spec sections 2-4).
+
+    Attributes:
+        attn_strategy: ``'spectral'`` (CASS), ``'sequential'`` (DINO head i
+            with CLIP head i, no matching) or ``'vanilla'`` (ordinary q.k
+            attention, no DINO, no Gaussian bias).
+        top_eigen: eigenvalues per head spectrum in the matching cost.
+        low_rank: rank r of the low-rank DINO graph (released code: 10 in
+            effect); None uses the paper's energy rule.
+        energy_threshold: share of the full spectrum kept by the energy rule.
+        eigenscaling: dynamic eigenscaling of the kept eigenvalues (off in the
+            VOC20 and Cityscapes configs).
+        vfm_weight: the factor 10 of ``(10 w A~ + A_CLIP) / (10 w + 1)``.
+        canonical_matching: lexicographically smallest optimal assignment
+            among ties (deliberate change); False: plain
+            ``linear_sum_assignment`` like the released code.
+        swapped_pairing: the released code's row/column swap of the matched
+            heads; False pairs them consistently.
+        gaussian_std: sigma of the neighbourhood bias G, in patches.
+        dino_input: ``'reference'`` (uint8 image rebuilt with the 0.255
+            quirk, resized to a square) or ``'plain'`` (the true RGB crop).
+        dino_keys_fp16: round the DINO keys to float16 (released code, every
+            device).
+    """
+
+    attn_strategy: str = "spectral"
+    top_eigen: int = 20
+    low_rank: int | None = 10
+    energy_threshold: float = 0.95
+    eigenscaling: bool = True
+    vfm_weight: float = 10.0
+    canonical_matching: bool = True
+    swapped_pairing: bool = True
+    gaussian_std: float = 5.0
+    dino_input: str = "reference"
+    dino_keys_fp16: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.attn_strategy in STRATEGIES,
+               f"attn_strategy must be one of {STRATEGIES}, got {self.attn_strategy!r}")
+        _check(self.dino_input in DINO_INPUTS, f"dino_input must be one of {DINO_INPUTS}, got {self.dino_input!r}")
+        _check(self.top_eigen >= 1, f"top_eigen must be >= 1, got {self.top_eigen}")
+        _check(self.low_rank is None or self.low_rank >= 1, f"low_rank must be >= 1 or None, got {self.low_rank}")
+        _check(0 < self.energy_threshold <= 1, f"energy_threshold must lie in (0, 1], got {self.energy_threshold}")
+        _check(self.gaussian_std > 0, f"gaussian_std must be > 0, got {self.gaussian_std}")
+        _check(self.vfm_weight >= 0, f"vfm_weight must be >= 0, got {self.vfm_weight}")
+
+    @property
+    def uses_vfm(self) -> bool:
+        return self.attn_strategy != "vanilla"
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Object-presence text refinement (spec section 5).
+
+    Attributes:
+        global_semantics_weight: gamma, weight of the presence prior P in
+            ``S = (1 - gamma) F . t~ + gamma P``.
+        mean_vector_weight: alpha, how far a cluster's best query moves
+            towards the mean of its best-matching patch features.
+        h_threshold: Ward-linkage cut (cosine distance) of the query clusters.
+        top_patches: patch features averaged per cluster (released code: 2).
+        prior_from_crop: take the presence prior from each crop instead of
+            the whole image (Cityscapes config).
+    """
+
+    global_semantics_weight: float = 0.0
+    mean_vector_weight: float = 0.0
+    h_threshold: float = 0.0
+    top_patches: int = 2
+    prior_from_crop: bool = False
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.global_semantics_weight <= 1,
+               f"global_semantics_weight must lie in [0, 1], got {self.global_semantics_weight}")
+        _check(0 <= self.mean_vector_weight <= 1,
+               f"mean_vector_weight must lie in [0, 1], got {self.mean_vector_weight}")
+        _check(self.h_threshold >= 0, f"h_threshold must be >= 0, got {self.h_threshold}")
+        _check(self.top_patches >= 1, f"top_patches must be >= 1, got {self.top_patches}")
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Sliding window (spec section 6).
+
+    Attributes:
+        slide_crop: crop side; 0 runs the whole resized image in one pass.
+        slide_stride: step between crops (mmseg's scheme, last crop aligned
+            to the border, overlaps averaged).
+        crop_batch_size: most crops per tower forward (a memory bound, not a
+            setting of the method).
+    """
+
+    slide_crop: int = 224
+    slide_stride: int = 112
+    crop_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        _check(self.slide_crop >= 0, f"slide_crop must be >= 0, got {self.slide_crop}")
+        _check(self.slide_crop == 0 or self.slide_stride > 0, f"slide_stride must be > 0, got {self.slide_stride}")
+        _check(self.crop_batch_size >= 1, f"crop_batch_size must be >= 1, got {self.crop_batch_size}")
+
+    @property
+    def whole_image(self) -> bool:
+        return self.slide_crop <= 0
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """From query logits to class probabilities and labels (spec section 6).
+
+    Attributes:
+        prob_thd: pixels whose top class probability is below become class 0.
+        logit_scale: logit multiplier before the softmax over queries (40).
+        pamr_steps: PAMR iterations on the logits (0 = off, CASS's setting).
+        pamr_dilations: PAMR's dilations.
+    """
+
+    prob_thd: float = 0.0
+    logit_scale: float = 40.0
+    pamr_steps: int = 0
+    pamr_dilations: tuple[int, ...] = (8, 16)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pamr_dilations", tuple(int(d) for d in self.pamr_dilations))
+        _check(0 <= self.prob_thd <= 1, f"prob_thd must lie in [0, 1], got {self.prob_thd}")
+        _check(self.logit_scale > 0, f"logit_scale must be > 0, got {self.logit_scale}")
+        _check(self.pamr_steps >= 0, f"pamr_steps must be >= 0, got {self.pamr_steps}")
+        _check(all(d >= 1 for d in self.pamr_dilations), f"pamr_dilations must be >= 1, got {self.pamr_dilations}")
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """Storage and arithmetic of the two towers (spec section 7).
+
+    ``'auto'`` mirrors what the released code computed: on CUDA the CLIP
+    towers (image and text) in float16, DINO in float32 with TF32 matrix
+    products; on the CPU everything in float32. ``'tf32'`` is float32
+    storage with TF32 matrix products on CUDA (plain float32 elsewhere).
+    Setting both to ``'fp16'`` (or ``'bf16'``) is the fast setting.
+
+    Attributes:
+        clip: precision of CLIP (the config key ``precision``).
+        vfm: precision of the VFM (config key ``vfm_precision``); None
+            follows ``clip`` (``'auto'`` stays ``'auto'``: float32/TF32).
+    """
+
+    clip: str = "auto"
+    vfm: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.clip in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.clip!r}")
+        _check(self.vfm is None or self.vfm in PRECISIONS,
+               f"vfm_precision must be one of {PRECISIONS} or None, got {self.vfm!r}")
+
+    def resolve(self, device_type: str) -> tuple[str, str]:
+        """Concrete (clip, vfm) precisions on a device type: each of fp32, tf32, fp16, bf16."""
+        cuda = device_type == "cuda"
+        vfm = self.clip if self.vfm is None else self.vfm
+        clip = ("fp16" if cuda else "fp32") if self.clip == "auto" else self.clip
+        vfm = ("tf32" if cuda else "fp32") if vfm == "auto" else vfm
+        return clip, vfm
+
+
+# config keys whose dataclass field has another name
+_RENAMED = {"precision": ("precision", "clip"), "vfm_precision": ("precision", "vfm")}
+
+
+@dataclass(frozen=True)
+class CASSConfig:
+    """Everything the CASS model computes with, one dataclass per part."""
+
+    spectral: SpectralConfig = field(default_factory=SpectralConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+
+    @classmethod
+    def key_table(cls) -> dict[str, tuple[str, str]]:
+        """Config key -> (part, field) for every setting."""
+        table = {}
+        for part in fields(cls):
+            for f in fields(part.default_factory()):
+                table[f.name] = (part.name, f.name)
+        for key, target in _RENAMED.items():
+            table.pop(target[1], None)
+            table[key] = target
+        return table
+
+    @classmethod
+    def from_keys(cls, keys: dict[str, Any] | None = None) -> CASSConfig:
+        """Build from flat config keys (an mmseg ``model`` dict without the
+        model-building keys); an unknown key is a :class:`ConfigError`."""
+        return cls().replace(**(keys or {}))
+
+    def replace(self, **keys: Any) -> CASSConfig:
+        """A copy with flat config keys changed (``replace(slide_crop=0)``)."""
+        table = self.key_table()
+        unknown = sorted(set(keys) - set(table))
+        if unknown:
+            hints = [f"{key!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, table, 1))
+                     else repr(key) for key in unknown]
+            raise ConfigError(f"unknown model setting {', '.join(hints)}; the settings are listed in cass/config.py")
+        parts: dict[str, dict[str, Any]] = {}
+        for key, value in keys.items():
+            part, name = table[key]
+            parts.setdefault(part, {})[name] = value
+        try:
+            return replace(self, **{part: replace(getattr(self, part), **changes) for part, changes in parts.items()})
+        except TypeError as err:  # e.g. a list where a number belongs
+            raise ConfigError(f"invalid model setting: {err}") from None
+
+    def to_keys(self) -> dict[str, Any]:
+        """The flat config keys of this configuration (inverse of :meth:`from_keys`)."""
+        return {key: getattr(getattr(self, part), name) for key, (part, name) in self.key_table().items()}

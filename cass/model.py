@@ -1,0 +1,381 @@
+"""The CASS model: CLIP and a VFM, a vocabulary and a typed configuration.
+
+:class:`CASSModel` is a plain ``nn.Module`` that needs torch, torchvision,
+open_clip, timm, scipy and scikit-learn only; mmseg sees it through the
+adapter in :mod:`cass.mmseg`. It orchestrates crops, batching, devices and
+post-processing (spec sections 0-6); the math lives in :mod:`cass.clip_vit`,
+:mod:`cass.dino_keys`, :mod:`cass.spectral`, :mod:`cass.text` and
+:mod:`cass.pamr`. Each part runs inside a named :func:`cass.stages.stage`.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import convert_weights_to_lp
+from torch import Tensor, nn
+
+from . import clip_vit, spectral, text
+from .config import CASSConfig, ConfigError
+from .dino_keys import VFM_SPECS, VFMSpec, keys_on_clip_grid, last_block_keys, plain_dino_images, \
+    reference_dino_images
+from .pamr import pamr
+from .stages import stage
+from .text import Vocabulary
+
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Prediction(NamedTuple):
+    """Segmentation of one image at its output size.
+
+    Attributes:
+        probs: (C, H, W) float32 class probabilities (softmax over the queries,
+            max over each class's synonyms).
+        labels: (H, W) int64 class index (0 where the top probability is
+            below ``prob_thd``).
+    """
+
+    probs: Tensor
+    labels: Tensor
+
+
+def slide_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """mmseg's sliding-window boxes (y1, x1, y2, x2): last window aligned to the border."""
+    def starts(size: int) -> list[tuple[int, int]]:
+        count = max(size - crop + stride - 1, 0) // stride + 1
+        out = []
+        for i in range(count):
+            end = min(i * stride + crop, size)
+            out.append((max(end - crop, 0), end))
+        return out
+
+    return [(y1, x1, y2, x2) for y1, y2 in starts(height) for x1, x2 in starts(width)]
+
+
+def image_boxes(height: int, width: int, cfg: CASSConfig) -> list[tuple[int, int, int, int]]:
+    """The crops of one resized image: the whole image, or the sliding windows."""
+    if cfg.window.whole_image:
+        return [(0, 0, height, width)]
+    return slide_windows(height, width, cfg.window.slide_crop, cfg.window.slide_stride)
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """TF32 matrix products and convolutions on CUDA inside the block, restored after."""
+    if not enabled:
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+class CASSModel(nn.Module):
+    """Training-free open-vocabulary segmentation with CASS (Kim et al., CVPR 2025).
+
+    Assembled from parts, like segment-anything's ``Sam``: the two towers are
+    passed in (see :func:`cass.build.build_model` to load them from release
+    checkpoints), the settings come as one :class:`~cass.config.CASSConfig`.
+
+    The towers become part of the model. Their precision is set from
+    ``config.precision`` when the model is built and whenever it is moved
+    (``.to()``, ``.cuda()``, ...): on CUDA by default CLIP in float16 and DINO
+    in float32 with TF32 products, like the released code; on the CPU float32.
+    Segmenting never changes a parameter or a dtype.
+
+    Args:
+        clip: open_clip ``CLIP`` in OpenAI's layout (CLS pooling, EOT text pooling).
+        vfm: timm ``VisionTransformer`` of ``vfm_spec``; None only with the
+            ``'vanilla'`` strategy, which does not use it.
+        vocabulary: the classes (see :class:`~cass.text.Vocabulary`).
+        config: every setting of the method.
+        vfm_spec: what the VFM is (patch size, prefix tokens, fixed input size).
+        text_cache_dir: on-disk cache of text embeddings; None: the default
+            (``$CASS_CACHE_DIR/text``), False: no cache.
+    """
+
+    def __init__(self, clip: nn.Module, vfm: nn.Module | None, vocabulary: Vocabulary,
+                 config: CASSConfig | None = None, vfm_spec: VFMSpec = VFM_SPECS["dino_vitb8"],
+                 text_cache_dir: str | bool | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else CASSConfig()
+        self.vfm_spec = vfm_spec
+        self.text_cache_dir = text_cache_dir
+        self.clip = clip.eval()
+        if not self.config.spectral.uses_vfm:
+            vfm = None  # ordinary attention never looks at the VFM
+        elif vfm is None:
+            raise ConfigError(f"attn_strategy {self.config.spectral.attn_strategy!r} needs a VFM (vfm is None)")
+        self.vfm = vfm.eval() if vfm is not None else None
+        if self.vfm is not None:
+            heads = (self.vfm.blocks[-1].attn.num_heads, self.clip.visual.transformer.resblocks[-1].attn.num_heads)
+            if heads[0] != heads[1]:
+                raise ConfigError(f"the VFM's last block has {heads[0]} heads and CLIP's {heads[1]}: "
+                                  "CASS pairs heads one to one")
+        self._text: tuple[Tensor, Tensor] | None = None
+        self.set_vocabulary(vocabulary)
+        self._set_precision()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def device(self) -> torch.device:
+        return self.clip.visual.conv1.weight.device
+
+    @property
+    def patch_size(self) -> int:
+        return self.clip.visual.conv1.kernel_size[0]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.vocabulary.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return self.vocabulary.num_classes
+
+    def set_vocabulary(self, vocabulary: Vocabulary | Sequence[str]) -> None:
+        """Replace the vocabulary (a :class:`Vocabulary` or one entry per class,
+        synonyms ``", "``-separated); text embeddings are recomputed on next use."""
+        if not isinstance(vocabulary, Vocabulary):
+            vocabulary = Vocabulary.from_classes(vocabulary)
+        self.vocabulary = vocabulary
+        self._text = None
+
+    def precisions(self) -> tuple[str, str]:
+        """(clip, vfm) precision on the model's current device: fp32, tf32, fp16 or bf16."""
+        return self.config.precision.resolve(self.device.type)
+
+    def _set_precision(self) -> None:
+        """Cast the towers to the configured precision for their device."""
+        clip_precision, vfm_precision = self.precisions()
+        dtype = DTYPES[clip_precision]
+        if self.clip.visual.conv1.weight.dtype != dtype or self.clip.text_projection.dtype != dtype:
+            # like OpenAI's half-precision CLIP: matrices in low precision; LayerNorms
+            # and embeddings stay float32 (LayerNormFp32 computes in float32)
+            self.clip.float()
+            if dtype != torch.float32:
+                convert_weights_to_lp(self.clip, dtype)
+        if self.vfm is not None and self.vfm.patch_embed.proj.weight.dtype != DTYPES[vfm_precision]:
+            self.vfm.to(DTYPES[vfm_precision])
+        self._text = None  # text embeddings follow the text tower's device and precision
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
+        super()._apply(fn, recurse)
+        self._set_precision()
+        return self
+
+    def text_state(self) -> tuple[Tensor, Tensor]:
+        """Query embeddings (Q, E) and cluster ids (Q,) on the model's device.
+
+        Computed once per vocabulary, device and precision (or read from the
+        on-disk cache).
+        """
+        if self._text is None:
+            with tf32_matmuls(self.precisions()[0] == "tf32" and self.device.type == "cuda"):
+                feats = text.query_embeddings(self.clip, self.vocabulary.queries, cache_dir=self.text_cache_dir)
+            clusters = torch.as_tensor(text.query_clusters(feats, self.config.text.h_threshold), device=self.device)
+            self._text = (feats.to(self.device), clusters)
+        return self._text
+
+    def set_text_embeddings(self, embeddings: Tensor) -> None:
+        """Use these (Q, E) L2-normalised query embeddings instead of the text
+        tower's (other prompts, or random ones in benchmarks); clusters are
+        recomputed from them. Kept until the vocabulary, device or precision changes."""
+        queries = len(self.vocabulary.queries)
+        if embeddings.dim() != 2 or len(embeddings) != queries:
+            raise ValueError(f"expected ({queries}, E) query embeddings, got shape {tuple(embeddings.shape)}")
+        feats = embeddings.detach().float().to(self.device)
+        self._text = (feats, torch.as_tensor(text.query_clusters(feats, self.config.text.h_threshold),
+                                             device=self.device))
+
+    # ------------------------------------------------------------------ parts
+    def _tf32(self, tower: str) -> contextlib.AbstractContextManager:
+        clip_precision, vfm_precision = self.precisions()
+        precision = clip_precision if tower == "clip" else vfm_precision
+        return tf32_matmuls(precision == "tf32" and self.device.type == "cuda")
+
+    @torch.no_grad()
+    def global_embeddings(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, E): the image embedding ``v`` of each whole image."""
+        with stage("clip"), self._tf32("clip"):
+            tokens, _ = clip_vit.clip_trunk(self.clip.visual, images)
+            return clip_vit.global_embedding(self.clip.visual, tokens)
+
+    def vfm_keys(self, crops: Tensor, grid: tuple[int, int]) -> Tensor:
+        """DINO keys of the crops on the CLIP grid: (B, 3, Hc, Wc) -> (B, H, N, d) float32."""
+        cfg = self.config.spectral
+        with stage("dino"), self._tf32("vfm"):
+            make_input = reference_dino_images if cfg.dino_input == "reference" else plain_dino_images
+            keys, vfm_grid = last_block_keys(self.vfm, make_input(crops, self.vfm_spec))
+            return keys_on_clip_grid(keys, vfm_grid, grid, cfg.dino_keys_fp16)
+
+    def attention(self, queries: Tensor, keys: Tensor, crops: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Attention of the reduced last block.
+
+        Args:
+            queries, keys: (B, H, N, d) CLIP patch queries and keys.
+            crops: (B, 3, Hc, Wc) the crops (the VFM's input).
+
+        Returns:
+            (B, H, N, N) row-stochastic attention, float32.
+        """
+        cfg = self.config.spectral
+        if cfg.attn_strategy == "vanilla":
+            with stage("spectral"):
+                logits = (queries.float() @ keys.float().transpose(-1, -2)) / math.sqrt(queries.shape[-1])
+                return logits.softmax(-1)
+        dino_keys = self.vfm_keys(crops, grid)
+        with stage("spectral"):
+            clip_keys = keys.float()
+            dino_keys = spectral.range_match(dino_keys, clip_keys, dims=(1, 2, 3))
+            if cfg.attn_strategy == "spectral":
+                logits = spectral.fuse_spectral(clip_keys, dino_keys, cfg)
+            else:
+                logits = spectral.fuse_sequential(clip_keys, dino_keys, cfg)
+            bias = spectral.gaussian_bias(grid, cfg.gaussian_std, device=logits.device)
+            return (logits + bias).softmax(-1)
+
+    @torch.no_grad()
+    def crop_logits(self, crops: Tensor, image_embeddings: Tensor | None) -> Tensor:
+        """Query logits of a batch of equal-size crops, at crop resolution.
+
+        Args:
+            crops: (B, 3, Hc, Wc) CLIP-normalised crops.
+            image_embeddings: (B, E) presence-prior embeddings ``v``; None takes
+                them from the crops themselves.
+
+        Returns:
+            (B, Q, Hc, Wc) float32 logits ``S``.
+        """
+        text_feats, clusters = self.text_state()
+        visual = self.clip.visual
+        with stage("clip"), self._tf32("clip"):
+            tokens, grid = clip_vit.clip_trunk(visual, crops)
+            if image_embeddings is None:
+                image_embeddings = clip_vit.global_embedding(visual, tokens)
+            queries, keys, values = clip_vit.last_block_qkv(visual, tokens)
+        attn = self.attention(queries, keys, crops, grid)
+        with stage("clip"), self._tf32("clip"):
+            feats = clip_vit.reduced_block_output(visual, attn, values)
+        with stage("text"):
+            presence = image_embeddings.float() @ text_feats.T
+            refined = text.refine_text(feats, text_feats, presence, clusters, self.config.text)
+            logits = text.class_logits(feats, refined, presence, self.config.text)  # (B, N, Q)
+        with stage("post"):
+            logits = logits.transpose(1, 2).reshape(len(crops), -1, *grid)
+            return F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def query_logits(self, images: Sequence[Tensor]) -> list[Tensor]:
+        """Sliding-window (or whole-image) query logits for each image.
+
+        All crops of all images go through the towers in batches of equal-size
+        crops; the whole-image embedding ``v`` is computed once per image.
+
+        Args:
+            images: (3, H_i, W_i) CLIP-normalised resized images.
+
+        Returns:
+            (Q, H_i, W_i) float32 logits per image.
+        """
+        for img in images:
+            if img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"expected (3, H, W) images, got shape {tuple(img.shape)}")
+            if min(img.shape[-2:]) < self.patch_size:
+                raise ValueError(f"image of {tuple(img.shape[-2:])} px after resizing is smaller than one "
+                                 f"CLIP patch ({self.patch_size} px); it is too thin to segment")
+        window = self.config.window
+        boxes = [image_boxes(*img.shape[-2:], self.config) for img in images]
+        embeddings: list[Tensor | None] = [None] * len(images)
+        if not window.whole_image and not self.config.text.prior_from_crop:
+            by_shape = defaultdict(list)
+            for i, img in enumerate(images):
+                by_shape[tuple(img.shape)].append(i)
+            for idx in by_shape.values():
+                for chunk in _chunks(idx, window.crop_batch_size):
+                    for i, v in zip(chunk, self.global_embeddings(torch.stack([images[i] for i in chunk]))):
+                        embeddings[i] = v
+        jobs = defaultdict(list)  # crop shape -> (image, box)
+        for i, image_boxes_ in enumerate(boxes):
+            for box in image_boxes_:
+                jobs[(box[2] - box[0], box[3] - box[1])].append((i, box))
+        queries = len(self.vocabulary.queries)
+        sums = [img.new_zeros(queries, *img.shape[-2:], dtype=torch.float32) for img in images]
+        counts = [img.new_zeros(1, *img.shape[-2:], dtype=torch.float32) for img in images]
+        for items in jobs.values():
+            for chunk in _chunks(items, window.crop_batch_size):
+                crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, x1, y2, x2) in chunk])
+                prior = None if embeddings[chunk[0][0]] is None else torch.stack([embeddings[i] for i, _ in chunk])
+                logits = self.crop_logits(crops, prior)
+                with stage("post"):
+                    for (i, (y1, x1, y2, x2)), crop_logits in zip(chunk, logits):
+                        sums[i][:, y1:y2, x1:x2] += crop_logits
+                        counts[i][:, y1:y2, x1:x2] += 1
+        with stage("post"):
+            return [s / c for s, c in zip(sums, counts)]
+
+    def postprocess(self, logits: Tensor, image: Tensor, out_size: tuple[int, int]) -> Prediction:
+        """Query logits -> class probabilities and label map at ``out_size``.
+
+        Bilinear resize, optional PAMR, ``x logit_scale`` softmax over queries,
+        max over each class's synonyms, argmax, ``prob_thd`` -> class 0.
+
+        Args:
+            logits: (Q, h, w), consumed (changed in place to save memory);
+            image: (3, h, w) the normalised input (PAMR's guide).
+        """
+        cfg = self.config.output
+        with stage("post"):
+            if tuple(logits.shape[-2:]) != tuple(out_size):
+                logits = F.interpolate(logits[None], size=out_size, mode="bilinear", align_corners=False)[0]
+            if cfg.pamr_steps > 0:
+                guide = F.interpolate(image[None].float(), size=out_size, mode="bilinear", align_corners=False)
+                logits = pamr(guide, logits[None], cfg.pamr_steps, cfg.pamr_dilations)[0]
+            # softmax in place: at the original size of a large image every copy counts
+            probs = logits.mul_(cfg.logit_scale)
+            probs.sub_(probs.amax(0, keepdim=True)).exp_()
+            probs.div_(probs.sum(0, keepdim=True))
+            if self.vocabulary.has_synonyms:
+                merged = probs.new_zeros(self.num_classes, *out_size)
+                for q, c in enumerate(self.vocabulary.query_class):
+                    torch.maximum(merged[c], probs[q], out=merged[c])
+                probs = merged
+            top, labels = probs.max(0)
+            labels[top < cfg.prob_thd] = 0
+            return Prediction(probs, labels)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor | Sequence[Tensor],
+                out_sizes: Sequence[tuple[int, int]] | None = None) -> list[Prediction]:
+        """Segment a batch of images.
+
+        Args:
+            images: (B, 3, H, W) or a list of (3, H_i, W_i) CLIP-normalised RGB
+                images, already resized (see :mod:`cass.images`).
+            out_sizes: output size of each image (its original size);
+                default: the input size.
+
+        Returns:
+            one :class:`Prediction` per image.
+        """
+        images = list(images)
+        if out_sizes is None:
+            out_sizes = [tuple(img.shape[-2:]) for img in images]
+        if len(out_sizes) != len(images):
+            raise ValueError(f"{len(images)} images but {len(out_sizes)} output sizes")
+        images = [img.to(self.device) for img in images]
+        return [self.postprocess(logits, img, tuple(size))
+                for img, size, logits in zip(images, out_sizes, self.query_logits(images))]
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
