@@ -119,12 +119,17 @@ def canonical_assignment(cost: np.ndarray, tol: float = 1e-5) -> np.ndarray:
     smallest column that still allows a total within ``tol`` of the optimum
     (checked with a Hungarian solve of the remaining rows), then row 1, ...
 
+    The rule is defined on exact sums, so they are taken in float64 whatever
+    the cost's dtype: float32 sums of twelve costs near 1 round by more than
+    ``tol`` and can leave no feasible column.
+
     Args:
         cost: (n, n) cost matrix.
 
     Returns:
         (n,) column index for each row.
     """
+    cost = np.asarray(cost, dtype=np.float64)
     n = cost.shape[0]
     rows, cols = linear_sum_assignment(cost)
     budget = cost[rows, cols].sum() + tol
