@@ -21,8 +21,10 @@ TINY_OPTIONS = ["--cfg-options"] + [f"model.vfm_overrides.{k}={v}" for k, v in T
 def demo():
     spec = importlib.util.spec_from_file_location("demo", REPO / "demo.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["demo"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    return module
+    yield module
+    sys.modules.pop("demo", None)
 
 
 def weights_args(weights_dir):
@@ -136,3 +138,59 @@ def test_demo_usage_errors_exit_2(demo, capsys):
         demo.main(["--classes", "cat", "--class-file", "classes.txt"])
     assert exit_info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_demo_folder_run_reports_a_bad_image_and_goes_on(demo, weights_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(11):
+        Image.fromarray(photo(40 + i, 50)).save(folder / ("sub" if i % 4 == 0 else ".") / f"img{i:02d}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image: ignored by suffix")
+    out = tmp_path / "results"
+    argv = ["--image", str(folder), "--out-dir", str(out), "--classes", "sky, grass", "--batch-size", "5",
+            "--save-logits", *weights_args(weights_dir), *TINY_OPTIONS]
+    assert demo.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"failed: {folder / 'broken.jpg'}: cannot read image" in err
+    assert "11 of 12 image(s) segmented, 1 failed" in err
+    pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert len(pngs) == 11 and "sub/img00.png" in pngs and "img01.png" in pngs
+    for png in out.rglob("*.png"):
+        legend = json.loads(png.with_suffix(".json").read_text())
+        probs = np.load(png.with_suffix(".npy"))
+        assert probs.shape == (2, legend["height"], legend["width"])
+    # a second run skips what exists and retries only the bad image
+    before = (out / "img01.png").stat().st_mtime_ns
+    assert demo.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "skipping 11 image(s)" in err and "0 of 1 image(s) segmented, 1 failed" in err
+    assert (out / "img01.png").stat().st_mtime_ns == before
+    # --overwrite redoes them; a glob selects files
+    (folder / "broken.jpg").unlink()
+    assert demo.main([*argv, "--overwrite"]) == 0
+    assert "11 of 11 image(s) segmented" in capsys.readouterr().err
+    assert (out / "img01.png").stat().st_mtime_ns != before
+    globbed = tmp_path / "globbed"
+    assert demo.main(["--image", str(folder / "img0[1-3].png"), "--out-dir", str(globbed), "--classes", "sky",
+                      *weights_args(weights_dir), *TINY_OPTIONS]) == 0
+    assert sorted(p.name for p in globbed.glob("*.png")) == ["img01.png", "img02.png", "img03.png"]
+
+
+def test_demo_batch_usage_errors(demo, weights_dir, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    for folder in (a, b):
+        Image.fromarray(photo(20, 20)).save(folder / "same.png")
+    cases = [
+        (["--image", str(a / "same.png"), str(b / "same.png")], "would both write"),
+        (["--image", str(a), "--out", str(tmp_path / "x.png")], "--out names one output"),
+        (["--image", str(tmp_path / "none" / "*.png")], "no file matches"),
+        (["--image", str(tmp_path / "empty")], "image not found"),
+    ]
+    (tmp_path / "empty").mkdir()
+    cases[-1] = (["--image", str(tmp_path / "empty")], "no image files")
+    for args, message in cases:
+        assert demo.main([*args, *weights_args(weights_dir), *TINY_OPTIONS]) == 1
+        line = capsys.readouterr().err.splitlines()[-1]
+        assert message in line, line
