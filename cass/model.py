@@ -10,6 +10,7 @@ post-processing (spec sections 0-6); the math lives in :mod:`cass.clip_vit`,
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -24,10 +25,11 @@ from . import clip_vit, spectral, text
 from .config import CASSConfig, ConfigError
 from .dino_keys import VFM_SPECS, VFMSpec, keys_on_clip_grid, last_block_keys, plain_dino_images, \
     reference_dino_images
-from .pamr import pamr
+from .pamr import pamr_within_memory
 from .stages import stage
 from .text import Vocabulary
 
+logger = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -339,7 +341,12 @@ class CASSModel(nn.Module):
                 logits = F.interpolate(logits[None], size=out_size, mode="bilinear", align_corners=False)[0]
             if cfg.pamr_steps > 0:
                 guide = F.interpolate(image[None].float(), size=out_size, mode="bilinear", align_corners=False)
-                logits = pamr(guide, logits[None], cfg.pamr_steps, cfg.pamr_dilations)[0]
+                refined = pamr_within_memory(guide, logits[None], cfg.pamr_steps, cfg.pamr_dilations)
+                if refined is None:  # the released code skips PAMR on out-of-memory too
+                    logger.warning("PAMR skipped for a %dx%d output: out of memory even one class at a time",
+                                   *out_size)
+                else:
+                    logits = refined[0]
             # softmax in place: at the original size of a large image every copy counts
             probs = logits.mul_(cfg.logit_scale)
             probs.sub_(probs.amax(0, keepdim=True)).exp_()

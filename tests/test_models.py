@@ -1,9 +1,12 @@
 """CLIP trunk, DINO keys and weight loading against the libraries' own forwards."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from conftest import TINY_VFM, tiny_clip, tiny_dino, write_clip_state_dict, write_dino_checkpoint
 
 from cass import clip_vit, dino_keys, weights
@@ -170,3 +173,61 @@ def test_dinov2_release_checkpoint_and_keys(tmp_path):
     expected = captured["qkv"].reshape(1, 1374, 3, 2, 64)[:, :, 1].transpose(1, 2)[:, :, 5:]
     assert grid == (37, 37)
     torch.testing.assert_close(keys, expected, atol=1e-4, rtol=1e-4)
+
+
+def _bilinear_matrix(size_in, size_out):
+    """Rows: bilinear weights with align_corners=False (half-pixel centres, clamped at the border)."""
+    w = np.zeros((size_out, size_in))
+    for i in range(size_out):
+        src = max((i + 0.5) * size_in / size_out - 0.5, 0.0)
+        i0 = min(int(np.floor(src)), size_in - 1)
+        i1 = min(i0 + 1, size_in - 1)
+        frac = src - i0
+        w[i, i0] += 1 - frac
+        w[i, i1] += frac
+    return w
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_keys_on_clip_grid_equal_the_bilinear_formula(half):
+    g = torch.Generator().manual_seed(3)
+    keys = torch.randn(1, 2, 7 * 9, 4, generator=g)
+    out = dino_keys.keys_on_clip_grid(keys, (7, 9), (4, 5), half_precision=half)
+    wh, ww = _bilinear_matrix(7, 4), _bilinear_matrix(9, 5)
+    spatial = keys[0].double().transpose(-1, -2).reshape(2, 4, 7, 9).numpy()
+    if half:
+        spatial = spatial.astype(np.float16).astype(np.float64)
+    expected = np.einsum("oy,hdyx,px->hdop", wh, spatial, ww)
+    expected = torch.from_numpy(expected.reshape(2, 4, 20)).transpose(-1, -2)
+    if half:
+        expected = expected.half().double()
+        torch.testing.assert_close(out[0].double(), expected, atol=2e-3, rtol=1e-3)  # one float16 step
+        assert torch.equal(out, out.half().float())
+    else:
+        torch.testing.assert_close(out[0].double(), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_reference_dino_input_equals_the_documented_formula():
+    """uint8 of 255 * (crop * (0.229, 0.224, 0.255) + ImageNet mean), PIL bicubic to the
+    min-side square, cropped to a multiple of 8, ImageNet-normalised."""
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 256, (44, 60, 3)).astype(np.float32)
+    crop = (torch.from_numpy(pixels).permute(2, 0, 1) - torch.tensor(dino_keys.CLIP_MEAN)[:, None, None]) \
+        / torch.tensor(dino_keys.CLIP_STD)[:, None, None]
+    spec = dino_keys.VFM_SPECS["dino_vitb8"]
+    out = dino_keys.reference_dino_images(crop[None], spec)[0]
+    assert out.shape == (3, 40, 40)  # square of side 44, cropped to 40
+
+    def expected(blue_std):
+        stds, means = np.array([0.229, 0.224, blue_std]), np.array(dino_keys.IMAGENET_MEAN)
+        rebuilt = ((crop.permute(1, 2, 0).double().numpy() * stds + means) * 255).astype(np.uint8)
+        resized = np.asarray(Image.fromarray(rebuilt).resize((44, 44), Image.BICUBIC)).astype(np.float64) / 255
+        normalised = (resized - means) / np.array(dino_keys.IMAGENET_STD)
+        return torch.from_numpy(normalised.transpose(2, 0, 1)[:, :40, :40])
+
+    reference = expected(0.255)
+    level = 1 / 255 / 0.224  # one uint8 level after normalisation
+    diff = (out.double() - reference).abs()
+    assert diff.max() <= level + 1e-6 and (diff < 1e-5).float().mean() > 0.99  # float rounding at .0 boundaries
+    # the 0.255 quirk matters: with the true blue std the blue channel differs
+    assert (out[2].double() - expected(0.225)[2]).abs().mean() > 3 * level

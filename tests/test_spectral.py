@@ -183,3 +183,36 @@ def test_fuse_sequential_formula():
         approx.fill_diagonal_(0)
         approx = (approx - approx.min()) / (approx.max() - approx.min()) * (graph.max() - graph.min()) + graph.min()
         torch.testing.assert_close(fast[0, h].double(), (approx + graph) / 2, atol=2e-4, rtol=1e-4)
+
+
+def test_energy_rank_known_answers():
+    # shares of the full spectrum: 0.5, 0.8, 0.9, 0.95, 0.975, 1
+    vals = torch.tensor([[20.0, 12.0, 4.0, 2.0, 1.0, 1.0]], dtype=torch.float64)
+    assert spectral.energy_rank(vals, 0.95).tolist() == [4]  # reaches 0.95 exactly at r = 4
+    assert spectral.energy_rank(vals, 0.5).tolist() == [1]
+    assert spectral.energy_rank(vals, 0.96).tolist() == [5]
+    assert spectral.energy_rank(vals, 1.0).tolist() == [6]
+    # negative round-off below zero counts as zero energy
+    assert spectral.energy_rank(torch.tensor([[3.0, 1.0, -1e-12]], dtype=torch.float64), 0.75).tolist() == [1]
+
+
+def test_canonical_matching_changes_a_tied_pairing():
+    """Ties where scipy returns another optimal assignment than the lexicographic minimum."""
+    cost = np.array([[0.5, 0.5, 0.0, 0.0], [1.0, 1.0, 0.5, 0.5], [0.5, 1.0, 1.0, 0.0], [1.0, 0.0, 0.5, 0.0]])
+    plain = spectral.match_heads(torch.tensor(cost)[None], canonical=False)[0].tolist()
+    canonical = spectral.match_heads(torch.tensor(cost)[None], canonical=True)[0].tolist()
+    assert plain == [2, 0, 3, 1] and canonical == [0, 2, 3, 1]
+    assert cost[range(4), plain].sum() == cost[range(4), canonical].sum()  # both optimal
+
+
+def test_swapped_pairing_changes_the_output_when_the_matching_is_a_cycle():
+    """With 4 heads matched as a 3-cycle (0 -> 0, 1 -> 3 -> 2 -> 1) the two pairings differ."""
+    clip_k, dino_k = keys(1, 4, 30, 16, seed=1), keys(1, 4, 30, 16, seed=101)
+    cost = spectral.spectral_cost(spectral.head_spectra(dino_k.float()), spectral.head_spectra(clip_k.float()))
+    assert spectral.match_heads(cost)[0].tolist() == [0, 3, 1, 2]
+    swapped = spectral.fuse_spectral(clip_k.float(), dino_k.float(), SpectralConfig(swapped_pairing=True))
+    consistent = spectral.fuse_spectral(clip_k.float(), dino_k.float(), SpectralConfig(swapped_pairing=False))
+    assert not torch.allclose(swapped[0, 1:], consistent[0, 1:])
+    torch.testing.assert_close(swapped[0, 0], consistent[0, 0])  # head 0 is matched to itself
+    for flag, fast in ((True, swapped), (False, consistent)):
+        torch.testing.assert_close(fast[0].double(), slow_fuse(clip_k[0], dino_k[0], flag), atol=2e-4, rtol=1e-4)
