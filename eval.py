@@ -17,6 +17,7 @@ IoUMetric) and writes them, per class too, to ``<work-dir>/metrics.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -43,6 +44,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "in the dataset's palette")
     parser.add_argument("--save-preds", type=Path,
                         help="write each raw prediction as a label PNG, encoded like the dataset's label files")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with an interrupted run: images whose prediction is in the --save-preds "
+                             "folder (default with --resume: <work-dir>/preds) are not segmented again; the "
+                             "metrics cover every image, as in an uninterrupted run")
     parser.add_argument("--data-root", type=Path, help="dataset root, replacing the config's data_root")
     parser.add_argument("--clip-path", help="CLIP weights: 'ViT-B/16' (download) or a local OpenAI .pt file")
     parser.add_argument("--dino-path", help="local DINO checkpoint (default: download the public one)")
@@ -71,6 +76,8 @@ def build_config(args: argparse.Namespace) -> Config:
     cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
     cfg.work_dir = str(args.work_dir or Path("work_dirs") / args.config.stem)
+    if args.resume and args.save_preds is None:
+        args.save_preds = Path(cfg.work_dir) / "preds"
     if cfg.test_dataloader.get("num_workers", 0) == 0:
         cfg.test_dataloader.persistent_workers = False  # torch refuses persistent workers without workers
     if args.show_dir is not None or args.save_preds is not None:
@@ -78,6 +85,37 @@ def build_config(args: argparse.Namespace) -> Config:
                       pred_dir=args.save_preds and str(args.save_preds))
         cfg.custom_hooks = [*cfg.get("custom_hooks", []), writer]
     return cfg
+
+
+RUN_FILE = "cass_run.json"  # what produced the predictions in a --save-preds folder
+
+
+def run_identity(cfg: Config) -> dict:
+    """The settings that determine the predictions (the model keys and the dataset)."""
+    dataset = cfg.test_dataloader.dataset
+    return dict(model=cfg.model.to_dict(), dataset=dataset.type, data_root=str(dataset.get("data_root")),
+                pipeline=[dict(step) for step in dataset.pipeline])
+
+
+def prepare_predictions(cfg: Config, pred_dir: Path, resume: bool) -> None:
+    """Record what makes the predictions in ``pred_dir``; with ``resume``, check
+    that the saved ones come from the same settings and reuse them."""
+    from cass.config import ConfigError
+
+    identity = json.loads(json.dumps(run_identity(cfg), default=str))
+    record = pred_dir / RUN_FILE
+    if resume and record.is_file():
+        saved = json.loads(record.read_text())
+        if saved != identity:
+            changed = sorted(k for k in set(saved.get("model", {})) | set(identity["model"])
+                             if saved.get("model", {}).get(k) != identity["model"].get(k))
+            what = f"model settings {changed}" if changed else "dataset or pipeline"
+            raise ConfigError(f"--resume: the predictions in {pred_dir} come from other {what}; "
+                             "resume with the same settings or use another --save-preds folder")
+    if resume:
+        cfg.model.saved_predictions = str(pred_dir)
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(identity, indent=2) + "\n")
 
 
 def evaluate(cfg: Config, benchmark: str) -> dict | None:
@@ -112,18 +150,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.config.is_file():  # answered before torch and mmseg are imported
         print(f"eval.py: config not found: {args.config}", file=sys.stderr)
         return 1
-    from cass import VocabularyError, WeightsError
+    from cass import ConfigError, VocabularyError, WeightsError
     from cass.mmseg.check_data import check_config
 
     try:
         cfg = build_config(args)
+        if args.save_preds is not None:
+            prepare_predictions(cfg, args.save_preds, args.resume)
         problems = [] if args.skip_data_check else check_config(cfg, label_samples=4).problems
         for problem in problems:
             print(f"eval.py: {problem}", file=sys.stderr)
         if problems:
             return 1
         report = evaluate(cfg, args.config.stem)
-    except (FileNotFoundError, VocabularyError, WeightsError) as err:  # anything else: a bug, with its traceback
+    except (FileNotFoundError, VocabularyError, WeightsError, ConfigError) as err:  # anything else: a bug, with its traceback
         print(f"eval.py: {err}", file=sys.stderr)
         return 1
     if report is not None:

@@ -3,6 +3,7 @@ import csv
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -78,7 +79,7 @@ def voc_run(tmp_path_factory):
     start = time.monotonic()
     result = run_eval(args, tmp)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return dict(tmp=tmp, data=data, result=result, seconds=time.monotonic() - start)
+    return dict(tmp=tmp, data=data, result=result, seconds=time.monotonic() - start, args=[str(a) for a in args])
 
 
 def test_eval_reports_the_miou_of_its_predictions(voc_run):
@@ -114,6 +115,44 @@ def test_eval_show_dir_is_image_prediction_ground_truth(voc_run):
     np.testing.assert_array_equal(picture[:, 100:196], palette[pred])
     np.testing.assert_array_equal(picture[:, 200:], colourise(gt, palette))
     assert (picture[:, 200:][gt == 255] == 255).all()
+
+
+def test_interrupted_and_resumed_run_reports_the_same_metrics(voc_run):
+    tmp, first = voc_run["tmp"], json.loads((voc_run["tmp"] / "work" / "metrics.json").read_text())
+    preds = tmp / "resumed"
+    shutil.copytree(tmp / "preds", preds)
+    (preds / "2007_000063.png").unlink()  # not reached before the interruption
+    record = json.loads((preds / "cass_run.json").read_text())
+    assert record["model"]["slide_crop"] == 0 and record["dataset"] == "PascalVOCDataset"
+    altered = np.zeros((64, 96), np.uint8)  # a saved prediction is used as it is, not recomputed
+    Image.fromarray(altered).save(preds / "2007_000039.png")
+    base = [a for a in voc_run["args"] if a not in ("--show-dir", str(tmp / "vis"))]
+    base[base.index("--save-preds") + 1] = str(preds)
+    base[base.index("--work-dir") + 1] = str(tmp / "work_resumed")
+    result = run_eval([*base[:base.index("--cfg-options")], "--resume", *base[base.index("--cfg-options"):]], tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    recomputed = np.asarray(Image.open(preds / "2007_000063.png"))
+    np.testing.assert_array_equal(recomputed, np.asarray(Image.open(tmp / "preds" / "2007_000063.png")))
+    names = ["2007_000032", "2007_000039", "2007_000063"]
+    labels = [np.asarray(Image.open(voc_run["data"] / "SegmentationClass" / f"{n}.png")) for n in names]
+    report = json.loads((tmp / "work_resumed" / "metrics.json").read_text())
+    expected, _ = numpy_metrics(labels, [np.asarray(Image.open(preds / f"{n}.png")) for n in names], 21)
+    assert report["mIoU"] == pytest.approx(expected["mIoU"], abs=0.006) and report["images"] == 3
+    # restore the altered file from the first run: resuming then gives exactly the first run's metrics
+    shutil.copy(tmp / "preds" / "2007_000039.png", preds / "2007_000039.png")
+    (preds / "2007_000032.png").unlink()
+    result = run_eval([*base[:base.index("--cfg-options")], "--resume", *base[base.index("--cfg-options"):]], tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads((tmp / "work_resumed" / "metrics.json").read_text())
+    assert {k: again[k] for k in ("mIoU", "mAcc", "aAcc", "per_class")} == \
+        {k: first[k] for k in ("mIoU", "mAcc", "aAcc", "per_class")}
+    # other settings cannot resume from these predictions
+    other = [*base[:base.index("--cfg-options")], "--resume", *base[base.index("--cfg-options"):],
+             "model.slide_stride=56"]
+    result = run_eval(other, tmp)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"eval.py: --resume: the predictions in {preds} come from other model settings ['slide_stride']")
 
 
 def test_eval_errors_are_one_line(tmp_path):

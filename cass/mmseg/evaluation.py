@@ -24,6 +24,8 @@ from mmseg.registry import HOOKS, METRICS
 from mmseg.structures import SegDataSample
 from PIL import Image
 
+from ..config import ConfigError
+
 IGNORE_COLOUR = (255, 255, 255)  # ignored ground-truth pixels
 SEPARATOR = 4  # white pixels between the panels
 
@@ -121,13 +123,32 @@ class SegResultWriter(Hook):
         if self.pred_dir is not None:
             raw = pred + 1 if sample.metainfo.get("reduce_zero_label", False) else pred
             dtype = np.uint8 if raw.max(initial=0) < 256 else np.uint16
-            Image.fromarray(raw.astype(dtype)).save(self.pred_dir / name)
+            # written whole or not at all: an interrupted run leaves no half file to resume from
+            tmp = self.pred_dir / f".{name}.{os.getpid()}.tmp"
+            Image.fromarray(raw.astype(dtype)).save(tmp, format="PNG")
+            tmp.replace(self.pred_dir / name)
         if self.show_dir is not None:
             image = np.asarray(Image.open(sample.img_path).convert("RGB"))
             panels = [image, colourise(pred, self.palette)]
             if "gt_sem_seg" in sample:
                 panels.append(colourise(sample.gt_sem_seg.data[0].cpu().numpy(), self.palette))
             Image.fromarray(side_by_side(panels)).save(self.show_dir / name)
+
+
+def prediction_path(pred_dir: str | os.PathLike, sample: SegDataSample) -> Path:
+    """Where :class:`SegResultWriter` writes the raw prediction of ``sample``."""
+    return Path(pred_dir) / (Path(sample.img_path).stem + ".png")
+
+
+def read_prediction(path: str | os.PathLike, sample: SegDataSample) -> np.ndarray:
+    """(H, W) int64 labels of a prediction written by :class:`SegResultWriter`
+    (its encoding undone); its size must be the sample's ``ori_shape``."""
+    raw = np.asarray(Image.open(path)).astype(np.int64)
+    expected = tuple(sample.metainfo["ori_shape"][:2])
+    if raw.shape != expected:
+        raise ConfigError(f"saved prediction {path} is {raw.shape[1]}x{raw.shape[0]}, the image "
+                         f"{expected[1]}x{expected[0]}: it belongs to another dataset; remove it or resume elsewhere")
+    return raw - 1 if sample.metainfo.get("reduce_zero_label", False) else raw
 
 
 def write_metrics_json(path: str | os.PathLike, report: dict) -> None:

@@ -19,6 +19,7 @@ from torch import Tensor
 from ..build import build_model
 from ..constants import CLIP_MEAN, CLIP_STD
 from ..model import CASSModel
+from .evaluation import prediction_path, read_prediction
 
 
 @MODELS.register_module()
@@ -45,17 +46,22 @@ class CASSSegmentor(BaseSegmentor):
         data_preprocessor: mmseg pre-processor config; default: CLIP's
             normalisation, BGR -> RGB, mixed sizes padded.
         init_cfg: unused (no training).
+        saved_predictions: a folder of predictions written by an earlier,
+            interrupted run (``eval.py --resume``): an image whose prediction
+            is there is not segmented again, its saved labels are used.
         **model_keys: the released configs' model keys, passed to
             :func:`cass.build.build_model` (``clip_path``, ``name_path``,
             ``global_semantics_weight``, ``slide_crop``, ...; see
             :class:`cass.config.CASSConfig` for every setting).
     """
 
-    def __init__(self, data_preprocessor: dict | None = None, init_cfg: dict | None = None, **model_keys) -> None:
+    def __init__(self, data_preprocessor: dict | None = None, init_cfg: dict | None = None,
+                 saved_predictions: str | None = None, **model_keys) -> None:
         if data_preprocessor is None:
             data_preprocessor = CASSDataPreProcessor(mean=list(CLIP_MEAN), std=list(CLIP_STD), bgr_to_rgb=True)
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.model: CASSModel = build_model(**model_keys)
+        self.saved_predictions = saved_predictions
         # frozen: mmengine's distributed wrapper leaves modules without trainable parameters alone
         self.model.requires_grad_(False)
 
@@ -75,12 +81,20 @@ class CASSSegmentor(BaseSegmentor):
         if data_samples is None:
             size = tuple(inputs.shape[-2:])
             data_samples = [SegDataSample(metainfo=dict(img_shape=size, ori_shape=size)) for _ in inputs]
-        images = []
+        todo = []
         for img, sample in zip(inputs, data_samples):
+            saved = None
+            if self.saved_predictions is not None and "img_path" in sample:
+                path = prediction_path(self.saved_predictions, sample)
+                saved = read_prediction(path, sample) if path.is_file() else None
+            if saved is not None:  # resumed: the labels of the interrupted run
+                sample.set_data({"pred_sem_seg": PixelData(data=torch.from_numpy(saved)[None].to(img.device))})
+                continue
             h, w = sample.metainfo.get("img_shape", img.shape[-2:])[:2]
-            images.append(img[:, :h, :w])
-        sizes = [tuple(s.metainfo.get("ori_shape", img.shape[-2:])[:2]) for img, s in zip(images, data_samples)]
-        for sample, prediction in zip(data_samples, self.model(images, sizes)):
+            todo.append((img[:, :h, :w], sample))
+        images = [img for img, _ in todo]
+        sizes = [tuple(s.metainfo.get("ori_shape", img.shape[-2:])[:2]) for img, s in todo]
+        for (_, sample), prediction in zip(todo, self.model(images, sizes) if todo else []):
             sample.set_data({"seg_logits": PixelData(data=prediction.probs),
                              "pred_sem_seg": PixelData(data=prediction.labels[None])})
         return data_samples
