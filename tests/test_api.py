@@ -129,6 +129,19 @@ def test_image_kinds_equal_their_8bit_rgb(segmenter, tmp_path, kind):
         np.testing.assert_array_equal(result.image, expected)
 
 
+def test_cmyk_images(segmenter, tmp_path):
+    """CMYK JPEGs are decoded to colour by OpenCV (as mmseg's loader does); CMYK PIL images are converted to RGB."""
+    cmyk = Image.fromarray(random_rgb(48, 64, 8)).convert("CMYK")
+    path = tmp_path / "cmyk.jpg"
+    cmyk.save(path)
+    from_file = segmenter(path)
+    np.testing.assert_array_equal(from_file.image, read_image(path)[..., ::-1])
+    assert_same(from_file, segmenter(read_image(path)[..., ::-1]))
+    from_pil = segmenter(cmyk)
+    np.testing.assert_array_equal(from_pil.image, np.asarray(cmyk.convert("RGB")))
+    assert from_pil.labels.shape == (48, 64)
+
+
 def test_one_pixel_and_elongated_images(make):
     segmenter = make()
     tiny = segmenter(np.full((1, 1, 3), 200, np.uint8))  # resized to 336 x 336
