@@ -182,10 +182,9 @@ class CASSModel(nn.Module):
         on-disk cache).
         """
         if self._text is None:
-            with tf32_matmuls(self.precisions()[0] == "tf32" and self.device.type == "cuda"):
+            with self._tf32("clip"):
                 feats = text.query_embeddings(self.clip, self.vocabulary.queries, cache_dir=self.text_cache_dir)
-            clusters = torch.as_tensor(text.query_clusters(feats, self.config.text.h_threshold), device=self.device)
-            self._text = (feats.to(self.device), clusters)
+            self._use_text(feats)
         return self._text
 
     def set_text_embeddings(self, embeddings: Tensor) -> None:
@@ -195,9 +194,11 @@ class CASSModel(nn.Module):
         queries = len(self.vocabulary.queries)
         if embeddings.dim() != 2 or len(embeddings) != queries:
             raise ValueError(f"expected ({queries}, E) query embeddings, got shape {tuple(embeddings.shape)}")
-        feats = embeddings.detach().float().to(self.device)
-        self._text = (feats, torch.as_tensor(text.query_clusters(feats, self.config.text.h_threshold),
-                                             device=self.device))
+        self._use_text(embeddings.detach().float())
+
+    def _use_text(self, feats: Tensor) -> None:
+        clusters = text.query_clusters(feats, self.config.text.h_threshold)
+        self._text = (feats.to(self.device), torch.as_tensor(clusters, device=self.device))
 
     # ------------------------------------------------------------------ parts
     def _tf32(self, tower: str) -> contextlib.AbstractContextManager:
