@@ -193,21 +193,24 @@ def segment_jobs(segmenter: Segmenter, jobs: list[Job], args: argparse.Namespace
     entries: list = []
     bar = tqdm(total=len(jobs), desc="segmenting", unit="image", file=sys.stderr, disable=len(jobs) < 2)
     for start in range(0, len(jobs), args.batch_size):
-        chunk, images = [], []
+        chunk, images, inputs = [], [], []
         for job in jobs[start:start + args.batch_size]:
             try:
-                images.append(_load(segmenter, job))
+                image = _load(segmenter, job)
+                inputs.append(segmenter.prepare(image))  # too elongated: fails here, alone
+                images.append(image)
                 chunk.append(job)
             except ImageError as err:
                 failures[job.name] = str(err)
                 bar.update(1)
         try:
-            results = segmenter.segment(images) if images else []
+            results = segmenter.segment_loaded(images, inputs) if images else []
         except (MemoryError, torch.OutOfMemoryError):
             results = None  # one at a time instead
         for i, job in enumerate(chunk):
             try:
-                result = results[i] if results is not None else segmenter.segment([images[i]])[0]
+                result = results[i] if results is not None else \
+                    segmenter.segment_loaded([images[i]], [inputs[i]])[0]
                 if announce:
                     log(f"writing {job.png}" + (f" and {job.npy}" if job.npy else ""))
                 entries = write_outputs(job, result, args.opacity)
@@ -221,10 +224,11 @@ def segment_jobs(segmenter: Segmenter, jobs: list[Job], args: argparse.Namespace
 
 
 def _load(segmenter: Segmenter, job: Job) -> np.ndarray:
+    """(H, W, 3) uint8 BGR, as :meth:`Segmenter.load` reads it."""
     if job.source is None:
         from skimage import data
-        return data.astronaut()
-    return read_image(job.source)[..., ::-1]  # RGB
+        return segmenter.load(data.astronaut())
+    return segmenter.load(job.source)
 
 
 def run(args: argparse.Namespace) -> int:

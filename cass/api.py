@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 from .build import build_model
 from .images import ImageError, as_bgr_uint8, normalise, pil_to_array, read_image, resize_keep_ratio
 from .model import CASSModel
-from .text import Vocabulary, VocabularyError
+from .text import VocabularyError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cfg_ade20k.py"
 # mmseg's own keys of a segmentor config, not settings of the model
@@ -164,7 +164,7 @@ class Segmenter:
 
     def set_classes(self, classes: Sequence[str]) -> None:
         """Replace the vocabulary (one entry per class, synonyms ``", "``-separated)."""
-        self.model.set_vocabulary(Vocabulary.from_classes(classes))
+        self.model.set_vocabulary(classes)
 
     def encode_text(self) -> Tensor:
         """Text embeddings (Q, E) of the vocabulary on the model's device.
@@ -200,8 +200,14 @@ class Segmenter:
 
     def segment(self, images: Sequence[ImageInput]) -> list[Segmentation]:
         """Segment several images in one batch (their crops share tower forwards)."""
-        originals = [self.load(image) for image in images]
-        inputs = [self.prepare(bgr) for bgr in originals]
+        return self.segment_loaded([self.load(image) for image in images])
+
+    def segment_loaded(self, originals: Sequence[np.ndarray],
+                       inputs: Sequence[Tensor] | None = None) -> list[Segmentation]:
+        """:meth:`segment` for images already loaded by :meth:`load` ((H, W, 3) uint8 BGR),
+        and optionally already prepared by :meth:`prepare`."""
+        if inputs is None:
+            inputs = [self.prepare(bgr) for bgr in originals]
         predictions = self.model(inputs, [bgr.shape[:2] for bgr in originals])
         return [Segmentation(probs=p.probs.cpu().numpy(), labels=p.labels.cpu().numpy(),
                              class_names=self.class_names, image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))

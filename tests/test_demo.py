@@ -146,6 +146,7 @@ def test_demo_folder_run_reports_a_bad_image_and_goes_on(demo, weights_dir, tmp_
     for i in range(11):
         Image.fromarray(photo(40 + i, 50)).save(folder / ("sub" if i % 4 == 0 else ".") / f"img{i:02d}.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    Image.fromarray(photo(2, 3000)).save(folder / "sliver.png")  # resized to less than a patch
     (folder / "notes.txt").write_text("not an image: ignored by suffix")
     out = tmp_path / "results"
     argv = ["--image", str(folder), "--out-dir", str(out), "--classes", "sky, grass", "--batch-size", "5",
@@ -153,7 +154,8 @@ def test_demo_folder_run_reports_a_bad_image_and_goes_on(demo, weights_dir, tmp_
     assert demo.main(argv) == 1
     err = capsys.readouterr().err
     assert f"failed: {folder / 'broken.jpg'}: cannot read image" in err
-    assert "11 of 12 image(s) segmented, 1 failed" in err
+    assert f"failed: {folder / 'sliver.png'}: a 3000x2 image is resized to" in err
+    assert "11 of 13 image(s) segmented, 2 failed" in err
     pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert len(pngs) == 11 and "sub/img00.png" in pngs and "img01.png" in pngs
     for png in out.rglob("*.png"):
@@ -164,10 +166,11 @@ def test_demo_folder_run_reports_a_bad_image_and_goes_on(demo, weights_dir, tmp_
     before = (out / "img01.png").stat().st_mtime_ns
     assert demo.main(argv) == 1
     err = capsys.readouterr().err
-    assert "skipping 11 image(s)" in err and "0 of 1 image(s) segmented, 1 failed" in err
+    assert "skipping 11 image(s)" in err and "0 of 2 image(s) segmented, 2 failed" in err
     assert (out / "img01.png").stat().st_mtime_ns == before
     # --overwrite redoes them; a glob selects files
     (folder / "broken.jpg").unlink()
+    (folder / "sliver.png").unlink()
     assert demo.main([*argv, "--overwrite"]) == 0
     assert "11 of 11 image(s) segmented" in capsys.readouterr().err
     assert (out / "img01.png").stat().st_mtime_ns != before
