@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from . import clip_vit, spectral, text
 from .config import CASSConfig, ConfigError
-from .dino_keys import VFM_SPECS, VFMSpec, keys_on_clip_grid, last_block_keys, plain_dino_images, \
-    reference_dino_images
+from .dino_input import plain_dino_images, reference_dino_images
+from .dino_keys import VFM_SPECS, VFMSpec, keys_on_clip_grid, last_block_keys
 from .pamr import pamr_within_memory
 from .stages import stage
 from .text import Vocabulary
@@ -358,7 +358,7 @@ class CASSModel(nn.Module):
                     torch.maximum(merged[c], probs[q], out=merged[c])
                 probs = merged
             top, labels = probs.max(0)
-            labels[top < cfg.prob_thd] = 0
+            labels = torch.where(top < cfg.prob_thd, 0, labels)  # no boolean indexing: it waits for the GPU
             return Prediction(probs, labels)
 
     @torch.no_grad()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 from conftest import TINY_VFM, tiny_clip, tiny_dino, write_clip_state_dict, write_dino_checkpoint
 
-from cass import clip_vit, dino_keys, weights
+from cass import clip_vit, dino_input, dino_keys, weights
 from cass.weights import WeightsError
 
 
@@ -79,13 +79,13 @@ def test_keys_on_clip_grid_half_rounding():
 def test_dino_inputs_reference_and_plain():
     spec = dino_keys.VFM_SPECS["dino_vitb8"]
     pixels = torch.randint(0, 256, (1, 3, 60, 90)).float()
-    mean, std = torch.tensor(dino_keys.CLIP_MEAN)[:, None, None], torch.tensor(dino_keys.CLIP_STD)[:, None, None]
+    mean, std = torch.tensor(dino_input.CLIP_MEAN)[:, None, None], torch.tensor(dino_input.CLIP_STD)[:, None, None]
     crops = (pixels - mean) / std
-    ref = dino_keys.reference_dino_images(crops, spec)
+    ref = dino_input.reference_dino_images(crops, spec)
     assert ref.shape == (1, 3, 56, 56)  # square of side min(60, 90), cropped to a multiple of 8
-    plain = dino_keys.plain_dino_images(crops, spec)
-    expected = (pixels / 255 - torch.tensor(dino_keys.IMAGENET_MEAN)[:, None, None]) / torch.tensor(
-        dino_keys.IMAGENET_STD)[:, None, None]
+    plain = dino_input.plain_dino_images(crops, spec)
+    expected = (pixels / 255 - torch.tensor(dino_input.IMAGENET_MEAN)[:, None, None]) / torch.tensor(
+        dino_input.IMAGENET_STD)[:, None, None]
     torch.testing.assert_close(plain, expected[..., :56, :88], atol=1e-5, rtol=1e-5)
 
 
@@ -164,7 +164,7 @@ def test_dinov2_release_checkpoint_and_keys(tmp_path):
                               weights.build_vfm("dinov2_vitb14_reg4", **TINY_VFM))
     spec = dino_keys.VFM_SPECS["dinov2_vitb14_reg4"]
     crops = torch.randn(1, 3, 224, 224)
-    images = dino_keys.reference_dino_images(crops, spec)
+    images = dino_input.reference_dino_images(crops, spec)
     assert images.shape == (1, 3, 518, 518)
     keys, grid = dino_keys.last_block_keys(loaded, images)
     captured = {}
@@ -212,17 +212,17 @@ def test_reference_dino_input_equals_the_documented_formula():
     min-side square, cropped to a multiple of 8, ImageNet-normalised."""
     rng = np.random.default_rng(4)
     pixels = rng.integers(0, 256, (44, 60, 3)).astype(np.float32)
-    crop = (torch.from_numpy(pixels).permute(2, 0, 1) - torch.tensor(dino_keys.CLIP_MEAN)[:, None, None]) \
-        / torch.tensor(dino_keys.CLIP_STD)[:, None, None]
+    crop = (torch.from_numpy(pixels).permute(2, 0, 1) - torch.tensor(dino_input.CLIP_MEAN)[:, None, None]) \
+        / torch.tensor(dino_input.CLIP_STD)[:, None, None]
     spec = dino_keys.VFM_SPECS["dino_vitb8"]
-    out = dino_keys.reference_dino_images(crop[None], spec)[0]
+    out = dino_input.reference_dino_images(crop[None], spec)[0]
     assert out.shape == (3, 40, 40)  # square of side 44, cropped to 40
 
     def expected(blue_std):
-        stds, means = np.array([0.229, 0.224, blue_std]), np.array(dino_keys.IMAGENET_MEAN)
+        stds, means = np.array([0.229, 0.224, blue_std]), np.array(dino_input.IMAGENET_MEAN)
         rebuilt = ((crop.permute(1, 2, 0).double().numpy() * stds + means) * 255).astype(np.uint8)
         resized = np.asarray(Image.fromarray(rebuilt).resize((44, 44), Image.BICUBIC)).astype(np.float64) / 255
-        normalised = (resized - means) / np.array(dino_keys.IMAGENET_STD)
+        normalised = (resized - means) / np.array(dino_input.IMAGENET_STD)
         return torch.from_numpy(normalised.transpose(2, 0, 1)[:, :40, :40])
 
     reference = expected(0.255)

@@ -39,7 +39,8 @@ from torch import Tensor, nn
 
 from .. import clip_vit, spectral
 from ..constants import IMAGENET_MEAN, IMAGENET_STD, REFERENCE_INVERSE_STD
-from ..dino_keys import VFMSpec, keys_on_clip_grid, plain_dino_images
+from ..dino_input import plain_dino_images
+from ..dino_keys import VFMSpec, keys_on_clip_grid
 from ..model import CASSModel, slide_windows
 from ..stages import stage
 
