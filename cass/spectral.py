@@ -16,6 +16,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from .config import SpectralConfig
+from .eigh import symmetric_eigh
 
 _EPS = 1e-12
 
@@ -56,12 +57,14 @@ def range_match(x: Tensor, ref: Tensor, dims: tuple[int, ...]) -> Tensor:
 def _gram_eigh(keys: Tensor) -> tuple[Tensor, Tensor]:
     """Eigenpairs of ``K^T K / sqrt(d)`` in float64, eigenvalues descending.
 
+    LAPACK on the CPU, the batched Jacobi kernel on CUDA (:mod:`cass.eigh`).
+
     Returns:
         eigenvalues (..., d) and eigenvectors (..., d, d) (columns).
     """
     k = keys.double()
     gram = k.transpose(-1, -2) @ k / math.sqrt(k.shape[-1])
-    vals, vecs = torch.linalg.eigh(gram)
+    vals, vecs = symmetric_eigh(gram)
     return vals.flip(-1), vecs.flip(-1)
 
 
@@ -110,6 +113,34 @@ def spectral_cost(vfm_spectra: Tensor, clip_spectra: Tensor) -> Tensor:
     return (1 - dist).float()
 
 
+def assignment_duals(cost: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Reduced costs ``r = C - u - v`` of an optimal assignment's dual potentials.
+
+    For the optimal assignment ``i -> cols[i]``, the potentials ``v`` are the
+    shortest-path distances in the exchange graph on columns (edge
+    ``cols[i] -> j`` of weight ``C[i, j] - C[i, cols[i]]``, no negative cycle
+    because the assignment is optimal) and ``u_i = C[i, cols[i]] - v[cols[i]]``.
+    Then ``r >= 0``, ``r[i, cols[i]] = 0``, and every assignment ``pi`` costs
+    exactly ``opt + sum_i r[i, pi(i)]`` (linear-programming duality).
+
+    Returns:
+        (n, n) float64 reduced costs (>= 0 up to rounding).
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    n = cost.shape[0]
+    rows = np.arange(n)
+    weight = np.empty_like(cost)
+    weight[cols] = cost - cost[rows, cols][:, None]
+    dist = np.zeros(n)
+    for _ in range(n):  # Bellman-Ford from a virtual source joined to every column
+        relaxed = np.minimum(dist, (dist[:, None] + weight).min(axis=0))
+        if np.array_equal(relaxed, dist):
+            break
+        dist = relaxed
+    u = cost[rows, cols] - dist[cols]
+    return cost - u[:, None] - dist[None, :]
+
+
 def canonical_assignment(cost: np.ndarray, tol: float = 1e-5) -> np.ndarray:
     """Lexicographically smallest assignment within ``tol`` of the minimum cost.
 
@@ -118,6 +149,18 @@ def canonical_assignment(cost: np.ndarray, tol: float = 1e-5) -> np.ndarray:
     then depends on rounding. This picks a canonical one: row 0 gets the
     smallest column that still allows a total within ``tol`` of the optimum
     (checked with a Hungarian solve of the remaining rows), then row 1, ...
+
+    The reduced costs of one optimal solve (:func:`assignment_duals`) prune
+    the search: an assignment costs ``opt + sum of its reduced costs``, all
+    ``>= 0``, so a column whose reduced cost (plus those already spent)
+    exceeds ``tol`` cannot be in any assignment within ``tol``. Only the
+    remaining candidates are checked, and a row with a single candidate takes
+    it unchecked. A witness assignment within the budget that extends the
+    choices so far (first the optimum, then the completion found by the last
+    successful check) is kept, and its column for the current row fits by
+    construction: only candidates before it need a check. Without ties this
+    is one Hungarian solve in all; the result is the same as checking every
+    column (:func:`canonical_assignment_exhaustive`).
 
     The rule is defined on exact sums, so they are taken in float64 whatever
     the cost's dtype: float32 sums of twelve costs near 1 round by more than
@@ -128,6 +171,51 @@ def canonical_assignment(cost: np.ndarray, tol: float = 1e-5) -> np.ndarray:
 
     Returns:
         (n,) column index for each row.
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    n = cost.shape[0]
+    rows, cols = linear_sum_assignment(cost)
+    budget = cost[rows, cols].sum() + tol
+    reduced = assignment_duals(cost, cols)
+    slack = tol + 1e-9  # well above the rounding of the reduced costs, far below any real gap
+    if ((reduced <= slack).sum(axis=1) == 1).all():  # no tie within tol: the optimum is the answer
+        return cols.astype(np.int64)
+    witness = cols.astype(np.int64)  # an assignment within the budget that extends the choices so far
+    free = np.ones(n, dtype=bool)
+    chosen = np.empty(n, dtype=np.int64)
+    spent, spent_reduced = 0.0, 0.0
+    for i in range(n):
+        # columns before the witness's that the reduced costs allow, in order; the first
+        # one that still admits a completion within the budget wins, else the witness's
+        candidates = np.flatnonzero(free & (spent_reduced + reduced[i] <= slack))
+        choice = witness[i]
+        for j in candidates[candidates < witness[i]]:
+            free[j] = False
+            sub = cost[i + 1:][:, free]
+            r, c = linear_sum_assignment(sub)
+            free[j] = True
+            if spent + cost[i, j] + sub[r, c].sum() <= budget:
+                choice = j
+                witness[i + 1:][r] = _free_columns(free, j)[c]
+                break
+        chosen[i] = choice
+        free[choice] = False
+        spent += cost[i, choice]
+        spent_reduced += reduced[i, choice]
+    return chosen
+
+
+def _free_columns(free: np.ndarray, taken: int) -> np.ndarray:
+    """Indices of the free columns other than ``taken``, ascending."""
+    mask = free.copy()
+    mask[taken] = False
+    return np.flatnonzero(mask)
+
+
+def canonical_assignment_exhaustive(cost: np.ndarray, tol: float = 1e-5) -> np.ndarray:
+    """:func:`canonical_assignment` without pruning: every free column is checked.
+
+    The definition, kept as the reference for tests; O(n^2) Hungarian solves.
     """
     cost = np.asarray(cost, dtype=np.float64)
     n = cost.shape[0]
@@ -146,31 +234,60 @@ def canonical_assignment(cost: np.ndarray, tol: float = 1e-5) -> np.ndarray:
                 spent += cost[i, j]
                 free = rest
                 break
-        else:  # unreachable: the optimal column always fits the budget
+        else:
             raise RuntimeError("canonical_assignment found no feasible column")
     return chosen
 
 
-def match_heads(cost: Tensor, canonical: bool = True, tol: float = 1e-5) -> Tensor:
+class HostCopy:
+    """A device tensor's copy to the host, started now and waited for on :meth:`numpy`.
+
+    On CUDA the copy goes to pinned memory without blocking, so the GPU goes on
+    with work queued after it while the host waits only for the copy.
+    """
+
+    def __init__(self, tensor: Tensor) -> None:
+        tensor = tensor.detach()
+        self._event = None
+        if tensor.device.type == "cuda":
+            self._host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self._host.copy_(tensor, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = tensor.cpu()
+
+    def numpy(self) -> np.ndarray:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.numpy()
+
+
+def match_heads(cost: Tensor | HostCopy, canonical: bool = True, tol: float = 1e-5,
+                device: torch.device | None = None) -> Tensor:
     """Hungarian head matching for every crop, with one device-to-host copy.
 
     Minimises the total cost ``1 - W1``, i.e. pairs heads whose spectra are
     the *most different* (complementary).
 
     Args:
-        cost: (B, H, H) cost matrices.
+        cost: (B, H, H) cost matrices, or their :class:`HostCopy` under way.
         canonical: use :func:`canonical_assignment`; False mimics the
             released code (plain ``linear_sum_assignment``).
+        device: where the result goes (default: ``cost.device``).
 
     Returns:
-        (B, H) int64 column index for each row, on ``cost.device``.
+        (B, H) int64 column index for each row.
     """
-    costs = cost.detach().cpu().numpy()
+    if isinstance(cost, Tensor):
+        device = cost.device if device is None else device
+        cost = HostCopy(cost)
+    costs = cost.numpy()
     if canonical:
         cols = [canonical_assignment(c, tol) for c in costs]
     else:
         cols = [linear_sum_assignment(c)[1] for c in costs]
-    return torch.as_tensor(np.stack(cols), dtype=torch.long, device=cost.device)
+    return torch.as_tensor(np.stack(cols), dtype=torch.long).to(device, non_blocking=True)
 
 
 def pairing(cost: Tensor, cols: Tensor, swapped: bool = True) -> tuple[Tensor, Tensor]:
@@ -274,6 +391,11 @@ def zero_diagonal(graph: Tensor) -> Tensor:
 def fuse_spectral(clip_keys: Tensor, vfm_keys: Tensor, cfg: SpectralConfig) -> Tensor:
     """Fused attention logits of the "spectral" strategy (spec sections 3-4).
 
+    All Gram matrices (DINO and CLIP heads of every crop) are decomposed in
+    one batch. The matching is the one step on the host: its cost matrices
+    are copied without blocking, and the DINO low-rank graphs (which do not
+    depend on the matching) are queued before the host waits for them.
+
     Args:
         clip_keys: (B, H, N, d) CLIP patch keys.
         vfm_keys: (B, H, N, d) DINO keys on the CLIP grid, range-matched.
@@ -286,18 +408,16 @@ def fuse_spectral(clip_keys: Tensor, vfm_keys: Tensor, cfg: SpectralConfig) -> T
     """
     clip_graph = key_graph(clip_keys.float())
     # one decomposition per DINO head serves both its spectrum and its low-rank graph
-    dino_vals, dino_vecs = _gram_eigh(vfm_keys)
-    cost = spectral_cost(head_spectra(vfm_keys, cfg.top_eigen, dino_vals), head_spectra(clip_keys, cfg.top_eigen))
-    cols = match_heads(cost, canonical=cfg.canonical_matching)
+    vals, vecs = _gram_eigh(torch.cat([vfm_keys, clip_keys]))
+    dino_vals, dino_vecs = vals[:len(vfm_keys)], vecs[:len(vfm_keys)]
+    cost = spectral_cost(head_spectra(vfm_keys, cfg.top_eigen, dino_vals),
+                         head_spectra(clip_keys, cfg.top_eigen, vals[len(vfm_keys):]))
+    host_cost = HostCopy(cost)
+    dino_graphs = zero_diagonal(low_rank_graph(vfm_keys, cfg.low_rank, cfg.eigenscaling, cfg.energy_threshold,
+                                               eigenpairs=(dino_vals, dino_vecs)))
+    cols = match_heads(host_cost, canonical=cfg.canonical_matching, device=cost.device)
     dino_index, weight = pairing(cost, cols, swapped=cfg.swapped_pairing)
-
-    def paired(t: Tensor) -> Tensor:  # (B, H, ...) rows reordered by dino_index
-        index = dino_index.reshape(*dino_index.shape, *(1,) * (t.dim() - 2))
-        return t.gather(1, index.expand_as(t))
-
-    approx = low_rank_graph(paired(vfm_keys), cfg.low_rank, cfg.eigenscaling, cfg.energy_threshold,
-                            eigenpairs=(paired(dino_vals), paired(dino_vecs)))
-    approx = zero_diagonal(approx)
+    approx = dino_graphs.gather(1, dino_index[..., None, None].expand_as(dino_graphs))
     approx = range_match(approx, clip_graph, dims=(-2, -1))
     w = (cfg.vfm_weight * weight)[..., None, None]
     return (w * approx + clip_graph) / (w + 1)

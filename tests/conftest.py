@@ -6,12 +6,18 @@ text tower width 64, 1 layer. Tiny DINO: timm ViT-B/8 layout with width 128,
 """
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
-import torch
+# Triton kernels (cass.eigh) run in Triton's interpreter on the CPU; the switch
+# is read when Triton is imported, so it is set before anything imports it.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from cass.random_weights import TINY_VFM, random_clip, random_dino, write_clip, write_dino
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from cass.random_weights import TINY_VFM, random_clip, random_dino, write_clip, write_dino  # noqa: E402
 
 __all__ = ["TINY_VFM", "model_keys", "segmentor_cfg", "tiny_clip", "tiny_dino", "write_clip_state_dict",
            "write_dino_checkpoint"]

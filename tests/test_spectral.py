@@ -53,6 +53,58 @@ def test_canonical_assignment_is_lexicographic_minimum_among_ties():
         assert tuple(spectral.canonical_assignment(c)) == expected
 
 
+def tie_heavy_costs(n: int, count: int, seed: int = 0) -> list[np.ndarray]:
+    """Random, coarsely rounded, additive-plus-noise and real spectral costs: the ties CASS meets."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(count):
+        kind = k % 4
+        if kind == 0:
+            out.append(rng.random((n, n)))
+        elif kind == 1:
+            out.append(np.round(rng.random((n, n)) * 3) / 3)
+        elif kind == 2:
+            planted = rng.random(n)[:, None] + rng.random(n)[None, :]
+            out.append(planted + (rng.random((n, n)) < 0.3) * rng.random((n, n)) * 1e-6)
+        else:
+            g = torch.Generator().manual_seed(k)
+            clip_k = torch.randn(1, n, 30, 16, generator=g) * torch.rand(1, n, 1, 16, generator=g)
+            dino_k = torch.randn(1, n, 30, 16, generator=g) * torch.rand(1, n, 1, 16, generator=g) ** 3
+            out.append(spectral.spectral_cost(spectral.head_spectra(dino_k), spectral.head_spectra(clip_k))[0].numpy())
+    return out
+
+
+def test_canonical_assignment_equals_brute_force():
+    """The pruned search picks the lexicographically smallest permutation within tol (all 720 checked)."""
+    for cost in tie_heavy_costs(6, 80):
+        exact = np.asarray(cost, dtype=np.float64)
+        totals = {p: exact[range(6), p].sum() for p in itertools.permutations(range(6))}
+        best = min(totals.values())
+        expected = min(p for p, t in totals.items() if t <= best + 1e-5)
+        assert tuple(spectral.canonical_assignment(cost)) == expected
+
+
+def test_canonical_assignment_equals_checking_every_column():
+    """12 heads, the real size: the reduced-cost pruning changes no choice of the exhaustive rule."""
+    for cost in tie_heavy_costs(12, 120, seed=1):
+        assert spectral.canonical_assignment(cost).tolist() == spectral.canonical_assignment_exhaustive(cost).tolist()
+
+
+def test_assignment_duals_price_every_assignment():
+    """cost(pi) = opt + sum of reduced costs along pi, reduced costs >= 0, zero on the optimum."""
+    rng = np.random.default_rng(2)
+    for cost in tie_heavy_costs(8, 20, seed=2):
+        cost = np.asarray(cost, dtype=np.float64)
+        rows, cols = linear_sum_assignment(cost)
+        reduced = spectral.assignment_duals(cost, cols)
+        assert reduced.min() >= -1e-12
+        assert np.abs(reduced[rows, cols]).max() <= 1e-12
+        opt = cost[rows, cols].sum()
+        for _ in range(10):
+            pi = rng.permutation(8)
+            assert abs(cost[range(8), pi].sum() - (opt + reduced[range(8), pi].sum())) <= 1e-12
+
+
 def test_canonical_assignment_sums_float32_costs_exactly():
     """Costs of a near-constant image: float32 values near 0.999 with many ties.
     Summed in float32 (the old code) 20 of these 300 matrices found no feasible column."""
