@@ -122,3 +122,20 @@ def test_fusion_with_jacobi_equals_lapack(monkeypatch):
     monkeypatch.setenv("CASS_EIGENSOLVER", "jacobi")
     jacobi = spectral.fuse_spectral(clip_keys, vfm_keys, cfg)
     assert (jacobi - lapack).abs().max() <= 1e-5 * lapack.abs().max()
+
+
+def test_segmentor_with_jacobi_agrees_with_straightforward_path(weights_dir, class_file, monkeypatch):
+    """The CUDA code path on the CPU (Jacobi kernel, pruned matching, device-side DINO input)
+    against the released-structure loop (N x N eigh per head, exhaustive matching, PIL)."""
+    from conftest import model_keys
+
+    from cass import build_model
+    from cass.bench import reference_loop
+
+    monkeypatch.setenv("CASS_EIGENSOLVER", "jacobi")
+    model = build_model(**model_keys(weights_dir, class_file))
+    image = torch.randn(3, 224, 224, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        fast = model.query_logits([image])[0]
+        slow = reference_loop.query_logits(model, image, exact_low_rank=True)
+    torch.testing.assert_close(slow, fast, atol=2e-4, rtol=1e-4)

@@ -176,7 +176,7 @@ def spectral_attention(model: CASSModel, clip_keys: Tensor, dino_keys: Tensor, g
     if cfg.attn_strategy == "spectral":
         cost = head_cost(compute_spectrum(dino_graph, cfg.top_eigen), compute_spectrum(clip_graph, cfg.top_eigen))
         cost_np = cost.numpy()
-        cols = (spectral.canonical_assignment(cost_np) if cfg.canonical_matching
+        cols = (spectral.canonical_assignment_exhaustive(cost_np) if cfg.canonical_matching
                 else linear_sum_assignment(cost_np)[1])
         for i in range(heads):
             j = int(cols[i])
