@@ -8,6 +8,7 @@ float64 (exact, deterministic, O(N d^2) instead of O(N^3)).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -26,10 +27,12 @@ def key_graph(keys: Tensor) -> Tensor:
     return keys @ keys.transpose(-1, -2) / math.sqrt(keys.shape[-1])
 
 
+@functools.lru_cache(maxsize=8)
 def gaussian_bias(grid: tuple[int, int], sigma: float, device: torch.device | None = None) -> Tensor:
     """Gaussian neighbourhood bias ``G[p, q] = exp(-|pos_p - pos_q|^2 / (2 sigma^2))``.
 
     Positions are (row, col) in patch units, tokens in row-major order.
+    Cached per grid, sigma and device (read-only: do not modify the result).
 
     Returns:
         (N, N) float32, ``N = h * w``.
