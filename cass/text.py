@@ -194,7 +194,8 @@ def query_clusters(text_embeddings: Tensor, threshold: float) -> np.ndarray:
     return fcluster(tree, t=threshold, criterion="distance").astype(np.int64) - 1
 
 
-def refine_text(patch_feats: Tensor, text: Tensor, presence: Tensor, clusters: Tensor, cfg: TextConfig) -> Tensor:
+def refine_text(patch_feats: Tensor, text: Tensor, presence: Tensor, clusters: Tensor, cfg: TextConfig,
+                num_clusters: int | None = None) -> Tensor:
     """Object-presence refinement of the query embeddings, per crop.
 
     For each cluster, the query ``c*`` with the highest presence ``P`` is
@@ -207,13 +208,16 @@ def refine_text(patch_feats: Tensor, text: Tensor, presence: Tensor, clusters: T
         text: (Q, E) L2-normalised query embeddings.
         presence: (B, Q) ``P = t_c . v``.
         clusters: (Q,) int64 cluster id per query, ids 0..K-1.
+        num_clusters: K when known (reading it from ``clusters`` on a GPU
+            waits for the GPU).
 
     Returns:
         (B, Q, E) refined embeddings.
     """
     b, q = presence.shape
     alpha = cfg.mean_vector_weight
-    num_clusters = int(clusters.max()) + 1
+    if num_clusters is None:
+        num_clusters = int(clusters.max()) + 1
     member = clusters[None, :] == torch.arange(num_clusters, device=clusters.device)[:, None]  # (K, Q)
     masked = presence[:, None, :].masked_fill(~member, -torch.inf)  # (B, K, Q)
     best = masked.argmax(dim=-1)  # (B, K): first maximum, like numpy
