@@ -285,12 +285,16 @@ def match_heads(cost: Tensor | HostCopy, canonical: bool = True, tol: float = 1e
     if isinstance(cost, Tensor):
         device = cost.device if device is None else device
         cost = HostCopy(cost)
+    device = torch.device("cpu") if device is None else torch.device(device)
     costs = cost.numpy()
     if canonical:
         cols = [canonical_assignment(c, tol) for c in costs]
     else:
         cols = [linear_sum_assignment(c)[1] for c in costs]
-    return torch.as_tensor(np.stack(cols), dtype=torch.long).to(device, non_blocking=True)
+    cols = torch.as_tensor(np.stack(cols), dtype=torch.long)
+    if device.type == "cuda":  # a copy from pageable memory would first wait for all queued GPU work
+        cols = cols.pin_memory()
+    return cols.to(device, non_blocking=True)
 
 
 def pairing(cost: Tensor, cols: Tensor, swapped: bool = True) -> tuple[Tensor, Tensor]:
