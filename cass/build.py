@@ -12,9 +12,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import open_clip
 from torch import nn
 
 from .config import CASSConfig, ConfigError
+from .constants import OPENAI_CLIP_ARCHS
 from .dino_keys import VFM_SPECS
 from .model import CASSModel
 from .text import Vocabulary, VocabularyError
@@ -32,6 +34,28 @@ def vocabulary_from(classes: Sequence[str] | None = None, name_path: str | os.Pa
     raise VocabularyError("no vocabulary: give classes (a list) or name_path (a class-name file)")
 
 
+def clip_heads(arch: str) -> int:
+    """Heads of the last block of OpenAI CLIP ``arch`` (open_clip's config: width / head width)."""
+    vision = open_clip.get_model_config(OPENAI_CLIP_ARCHS[arch])["vision_cfg"]
+    return vision["width"] // vision.get("head_width", 64)
+
+
+def head_pairings() -> dict[str, list[str]]:
+    """For each public CLIP, the VFMs with as many heads (CASS pairs heads one to one)."""
+    return {arch: [vfm for vfm, spec in VFM_SPECS.items() if spec.num_heads == clip_heads(arch)]
+            for arch in OPENAI_CLIP_ARCHS}
+
+
+def check_heads(clip: nn.Module, vfm_module: nn.Module, vfm: str) -> None:
+    """ConfigError unless CLIP's and the VFM's last blocks have as many heads."""
+    clip_count = clip.visual.transformer.resblocks[-1].attn.num_heads
+    vfm_count = vfm_module.blocks[-1].attn.num_heads
+    if clip_count != vfm_count:
+        works = "; ".join(f"CLIP {arch} with {', '.join(vfms)}" for arch, vfms in head_pairings().items())
+        raise ConfigError(f"CLIP has {clip_count} heads in its last block and vfm {vfm!r} {vfm_count}: CASS pairs "
+                          f"heads one to one; combinations that work: {works}")
+
+
 def build_model(clip_path: str = "ViT-B/16", vfm: str = "dino_vitb8", dino_path: str | None = None,
                 vfm_overrides: dict | None = None, name_path: str | os.PathLike | None = None,
                 classes: Sequence[str] | None = None, text_cache_dir: str | bool | None = None,
@@ -40,10 +64,13 @@ def build_model(clip_path: str = "ViT-B/16", vfm: str = "dino_vitb8", dino_path:
     """CASS from release weights (or given modules) and flat config keys.
 
     Args:
-        clip_path: ``'ViT-B/16'`` (public OpenAI weights, downloaded once) or a
-            local OpenAI ``.pt`` archive / state dict.
-        vfm: ``'dino_vitb8'`` or ``'dinov2_vitb14_reg4'``.
-        dino_path: local VFM release checkpoint; None downloads the public one.
+        clip_path: ``'ViT-B/16'``, ``'ViT-L/14'`` or ``'ViT-L/14@336px'`` (public
+            OpenAI weights, downloaded once) or a local OpenAI ``.pt`` archive / state dict.
+        vfm: a key of :data:`cass.dino_keys.VFM_SPECS` (``'dino_vitb8'``,
+            ``'dinov2_vitb14_reg4'``, ``'dinov3_vitb16'``, ...; see ``docs/backbones.md``).
+            Its last block must have as many heads as CLIP's.
+        dino_path: local VFM release checkpoint; None downloads the public one
+            (DINOv3's are gated: None reads it from the weights cache or says where to get it).
         vfm_overrides: timm keyword arguments that resize the VFM's
             architecture (tiny test models); its weights are still loaded.
         name_path, classes: the vocabulary, as a class-name file or a list.
@@ -58,7 +85,9 @@ def build_model(clip_path: str = "ViT-B/16", vfm: str = "dino_vitb8", dino_path:
     vocabulary = vocabulary_from(classes, name_path)
     clip = clip_model if clip_model is not None else load_clip(clip_path)
     vfm_module = None
-    if config.spectral.uses_vfm:
-        vfm_module = vfm_model if vfm_model is not None else load_vfm(vfm, dino_path,
-                                                                      build_vfm(vfm, **(vfm_overrides or {})))
+    if config.spectral.uses_vfm:  # heads checked before the VFM's weights are read
+        vfm_module = vfm_model if vfm_model is not None else build_vfm(vfm, **(vfm_overrides or {}))
+        check_heads(clip, vfm_module, vfm)
+        if vfm_model is None:
+            vfm_module = load_vfm(vfm, dino_path, vfm_module)
     return CASSModel(clip, vfm_module, vocabulary, config, VFM_SPECS[vfm], text_cache_dir)

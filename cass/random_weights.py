@@ -1,11 +1,13 @@
-"""Random-weight CLIP and DINO through the real builders, and release-format files of them.
+"""Random-weight CLIP and VFMs through the real builders, and release-format files of them.
 
 For tests, benchmarks and offline trials: random weights cost the same time as
 real ones (only the labels depend on the weights). ``tiny=True`` gives the
-test suite's small models (2 layers, width 128, 2 heads of 64).
+test suite's small models (2 layers, width 128, 2 heads of 64) with each
+backbone's patch size, image size, prefix tokens and positional scheme.
 
     python -m cass.random_weights DIR          # DIR/ViT-B-16.pt and DIR/dino_vitbase8_pretrain.pth
     python -m cass.random_weights DIR --tiny   # the tiny test models instead
+    python -m cass.random_weights DIR --clip ViT-L/14 --vfm dinov2_vitl14 dinov3_vitl16
 """
 from __future__ import annotations
 
@@ -19,44 +21,104 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
-from .weights import build_vfm
+from .constants import OPENAI_CLIP_ARCHS
+from .dino_keys import VFM_SPECS
+from .weights import build_vfm, clip_release_file, vfm_release_file
 
 TINY_VFM = dict(embed_dim=128, depth=2, num_heads=2)
 
 
-def random_clip(tiny: bool = False, seed: int = 0) -> CLIP:
-    """open_clip CLIP ViT-B/16 (OpenAI layout, QuickGELU) with random weights; float32, eval."""
+def random_clip(tiny: bool = False, seed: int = 0, arch: str = "ViT-B/16") -> CLIP:
+    """open_clip CLIP (OpenAI layout, QuickGELU) of ``arch`` with random weights; float32, eval.
+
+    ``tiny``: 2 layers of width 128 (2 heads) with the architecture's patch and
+    image size; text tower width 64, 1 layer.
+    """
     torch.manual_seed(seed)
+    name = OPENAI_CLIP_ARCHS[arch]
     if tiny:
-        model = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=2, width=128, patch_size=16, image_size=224),
+        vision = open_clip.get_model_config(name)["vision_cfg"]
+        model = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=2, width=128, patch_size=vision["patch_size"],
+                                                            image_size=vision["image_size"]),
                      text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1),
                      quick_gelu=True)
     else:
-        model = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None)
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=True)
     return model.eval()
 
 
-def random_dino(tiny: bool = False, seed: int = 0) -> nn.Module:
-    """timm DINO ViT-B/8 with random weights (tokens given content like trained ones); eval."""
+def random_dino(tiny: bool = False, seed: int = 0, vfm: str = "dino_vitb8") -> nn.Module:
+    """timm model of ``vfm`` with random weights, given content like trained ones; eval.
+
+    timm zero-initialises the tokens and biases and starts layer scales at
+    1e-5, which would make the blocks near identities: tokens, attention
+    biases and layer scales get random values.
+    """
     torch.manual_seed(seed)
-    model = build_vfm("dino_vitb8", **(TINY_VFM if tiny else {}))
-    with torch.no_grad():  # timm zero-inits the tokens
-        model.cls_token.normal_(std=0.5)
-        model.pos_embed.normal_(std=0.5)
+    model = build_vfm(vfm, **(TINY_VFM if tiny else {}))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in ("cls_token", "reg_token", "pos_embed"):
+                param.normal_(std=0.5)
+            elif name.endswith(("q_bias", "v_bias")):
+                param.normal_(std=0.1)
+            elif name.endswith(("ls1.gamma", "ls2.gamma", "gamma_1", "gamma_2")):
+                param.uniform_(0.05, 0.5)
     return model
 
 
-def write_clip(path: str | Path, tiny: bool = False, seed: int = 0) -> Path:
+def write_clip(path: str | Path, tiny: bool = False, seed: int = 0, arch: str = "ViT-B/16") -> Path:
     """An OpenAI-format CLIP state dict, float16 like the released weights."""
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in random_clip(tiny, seed).state_dict().items()}
+    state = {k: (v.half() if v.is_floating_point() else v)
+             for k, v in random_clip(tiny, seed, arch).state_dict().items()}
     torch.save(state, path)
     return Path(path)
 
 
-def write_dino(path: str | Path, tiny: bool = False, seed: int = 0, full: bool = False) -> Path:
-    """DINO's release layout: a plain state dict, or (``full``) a training
+def release_state_dict(model: nn.Module, vfm: str, seed: int = 0) -> dict:
+    """A timm model's weights in ``vfm``'s release layout (the inverse of timm's filters).
+
+    * DINO: timm's keys are DINO's.
+    * DINOv2: ``mask_token``; with registers ``register_tokens`` and a CLS row
+      in ``pos_embed`` (timm folds it into ``cls_token``; a random split).
+    * DINOv3 (Meta's ``DinoVisionTransformer``): ``storage_tokens``, ``ls1.gamma``,
+      one ``qkv.bias`` with a ``bias_mask`` zeroing its k part (random values
+      there, which loading must drop), ``rope_embed.periods`` rounded to
+      bfloat16 as in the release, ``mask_token``.
+    """
+    state = dict(model.state_dict())
+    width = state["cls_token"].shape[-1]
+    fmt = VFM_SPECS[vfm].release_format
+    generator = torch.Generator().manual_seed(seed + 1)
+    if fmt == "dinov2":
+        if "reg_token" in state:
+            cls_pos = torch.randn(1, 1, width, generator=generator)
+            state["register_tokens"] = state.pop("reg_token")
+            state["cls_token"] = state["cls_token"] - cls_pos
+            state["pos_embed"] = torch.cat([cls_pos, state["pos_embed"]], dim=1)
+        state["mask_token"] = torch.zeros(1, width)
+    elif fmt == "dinov3":
+        out = {"cls_token": state.pop("cls_token"), "storage_tokens": state.pop("reg_token"),
+               "mask_token": torch.zeros(1, width),
+               "rope_embed.periods": model.rope.periods.to(torch.bfloat16).float()}
+        for key, value in state.items():
+            if key.endswith("attn.q_bias"):
+                block = key.removesuffix("q_bias")
+                k_bias = torch.randn(value.shape, generator=generator)
+                out[block + "qkv.bias"] = torch.cat([value, k_bias, state[block + "v_bias"]])
+                out[block + "qkv.bias_mask"] = torch.cat([torch.ones_like(value), torch.zeros_like(value),
+                                                          torch.ones_like(value)])
+            elif not key.endswith("attn.v_bias"):
+                out[key.replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")] = value
+        state = out
+    return state
+
+
+def write_dino(path: str | Path, tiny: bool = False, seed: int = 0, full: bool = False,
+               vfm: str = "dino_vitb8") -> Path:
+    """``vfm``'s release layout: a plain state dict, or (``full``) a training
     checkpoint with ``teacher``/``student`` entries, prefixes and a head."""
-    state = random_dino(tiny, seed).state_dict()
+    state = release_state_dict(random_dino(tiny, seed, vfm), vfm, seed)
     if full:
         teacher = {f"backbone.{k}": v for k, v in state.items()}
         width = state["cls_token"].shape[-1]
@@ -68,16 +130,21 @@ def write_dino(path: str | Path, tiny: bool = False, seed: int = 0, full: bool =
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cass.random_weights",
-                                     description="Write random CLIP ViT-B/16 and DINO ViT-B/8 weights in the "
-                                                 "release formats (for offline trials and benchmarks).")
-    parser.add_argument("out_dir", type=Path, help="folder for ViT-B-16.pt and dino_vitbase8_pretrain.pth")
+                                     description="Write random CLIP and VFM weights in their release formats and "
+                                                 "file names (for offline trials and benchmarks).")
+    parser.add_argument("out_dir", type=Path, help="folder for the files (e.g. ViT-B-16.pt, dino_vitbase8_pretrain.pth)")
+    parser.add_argument("--clip", nargs="*", default=["ViT-B/16"], choices=sorted(OPENAI_CLIP_ARCHS),
+                        help="CLIP architectures (default ViT-B/16)")
+    parser.add_argument("--vfm", nargs="*", default=["dino_vitb8"], choices=sorted(VFM_SPECS),
+                        help="VFMs (default dino_vitb8)")
     parser.add_argument("--tiny", action="store_true", help="the test suite's tiny models")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    for path in (write_clip(args.out_dir / "ViT-B-16.pt", args.tiny, args.seed),
-                 write_dino(args.out_dir / "dino_vitbase8_pretrain.pth", args.tiny, args.seed)):
-        print(path)
+    for arch in args.clip:
+        print(write_clip(args.out_dir / clip_release_file(arch), args.tiny, args.seed, arch))
+    for vfm in args.vfm:
+        print(write_dino(args.out_dir / vfm_release_file(vfm), args.tiny, args.seed, vfm=vfm))
     return 0
 
 

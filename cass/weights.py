@@ -1,6 +1,9 @@
-"""Weight loading: OpenAI CLIP archives/state dicts and DINO release checkpoints.
+"""Weight loading: OpenAI CLIP archives/state dicts and DINO/DINOv2/DINOv3 release checkpoints.
 
-Everything loads on the CPU and strictly. A wrong file gives a one-line
+Everything loads on the CPU and strictly; key remapping is timm's own
+``checkpoint_filter_fn`` (``vision_transformer`` for DINO and DINOv2, ``eva``
+for DINOv3), after checks that keep it from silently resampling a checkpoint
+of another model. A wrong file gives a one-line
 :class:`WeightsError` naming the file and the first mismatching keys; a public
 model that is neither cached nor downloadable gives a one-line error naming
 the file to download and the setting to pass. A local path never touches the
@@ -14,11 +17,11 @@ from pathlib import Path
 import timm
 import torch
 from open_clip.model import build_model_from_openai_state_dict
-from timm.models.vision_transformer import checkpoint_filter_fn
+from timm.models import eva, vision_transformer
 from torch import nn
 
-from .constants import OPENAI_CLIP_URLS, VFM_URLS
-from .dino_keys import VFM_SPECS
+from .constants import OPENAI_CLIP_URLS, VFM_GATED_FILES, VFM_URLS
+from .dino_keys import VFM_SPECS, VFMSpec
 
 
 class WeightsError(RuntimeError):
@@ -115,7 +118,8 @@ def clip_from_state_dict(state_dict: dict, source: str = "state dict") -> nn.Mod
 
 
 def load_clip(clip_path: str) -> nn.Module:
-    """CLIP from ``'ViT-B/16'`` (public OpenAI weights, cached) or a local file."""
+    """CLIP from a public name (``'ViT-B/16'``, ``'ViT-L/14'``, ``'ViT-L/14@336px'``:
+    OpenAI's weights, cached) or a local OpenAI archive / state dict."""
     if clip_path in OPENAI_CLIP_URLS and not Path(clip_path).is_file():
         file = _fetch_public(OPENAI_CLIP_URLS[clip_path], "clip_path (--clip-path)")
     else:
@@ -123,15 +127,29 @@ def load_clip(clip_path: str) -> nn.Module:
     return clip_from_state_dict(read_clip_state_dict(file), str(file))
 
 
-def build_vfm(vfm: str = "dino_vitb8", **overrides) -> nn.Module:
-    """Random-weight timm ViT of the given kind (``overrides`` shrink it for tests)."""
+def clip_release_file(arch: str) -> str:
+    """File name of OpenAI's release of ``arch`` (``'ViT-L/14'`` -> ``'ViT-L-14.pt'``)."""
+    return Path(OPENAI_CLIP_URLS[arch]).name
+
+
+def vfm_release_file(vfm: str) -> str:
+    """File name of ``vfm``'s public or gated release (``'dino_vitb8'`` -> ``'dino_vitbase8_pretrain.pth'``)."""
+    return Path(VFM_URLS[vfm]).name if vfm in VFM_URLS else VFM_GATED_FILES[vfm][0]
+
+
+def _spec(vfm: str) -> VFMSpec:
     if vfm not in VFM_SPECS:
         raise ValueError(f"unknown vfm '{vfm}'; choose one of {sorted(VFM_SPECS)}")
-    return timm.create_model(VFM_SPECS[vfm].timm_name, pretrained=False, num_classes=0, **overrides).eval()
+    return VFM_SPECS[vfm]
+
+
+def build_vfm(vfm: str = "dino_vitb8", **overrides) -> nn.Module:
+    """Random-weight timm model of the given kind (``overrides`` shrink it for tests)."""
+    return timm.create_model(_spec(vfm).timm_name, pretrained=False, num_classes=0, **overrides).eval()
 
 
 def dino_state_dict(checkpoint: dict) -> dict:
-    """Key table for DINO/DINOv2 release checkpoints (plain or full training ones).
+    """Key table for DINO/DINOv2/DINOv3 release checkpoints (plain or full training ones).
 
     Takes the ``teacher`` (else ``model``/``state_dict``) entry when present,
     strips ``module.`` and ``backbone.`` prefixes and drops the DINO head.
@@ -148,18 +166,106 @@ def dino_state_dict(checkpoint: dict) -> dict:
     return out
 
 
+_FORMAT_NAMES = {"dino": "DINO (facebookresearch/dino)", "dinov2": "DINOv2", "dinov3": "DINOv3"}
+
+
+def release_format(state_dict: dict) -> tuple[str, int]:
+    """(format, register tokens) of a release state dict (after :func:`dino_state_dict`).
+
+    DINOv3 files have ``storage_tokens``; DINOv2 files a ``mask_token`` (and
+    ``register_tokens`` with registers); DINO files neither.
+    """
+    if "storage_tokens" in state_dict:
+        return "dinov3", state_dict["storage_tokens"].shape[1]
+    if "mask_token" in state_dict:
+        return "dinov2", state_dict["register_tokens"].shape[1] if "register_tokens" in state_dict else 0
+    return "dino", 0
+
+
+def _check_release(file: Path, vfm: str, model: nn.Module, state_dict: dict) -> None:
+    """The file is ``vfm``'s release format with the model's patch, registers and grid.
+
+    timm's filters resample a patch embedding or positional grid that does not
+    fit; for a release checkpoint that means the file belongs to another model,
+    so it is an error here.
+    """
+    spec = VFM_SPECS[vfm]
+    found, registers = release_format(state_dict)
+    expected_registers = model.num_prefix_tokens - 1
+    if (found, registers) != (spec.release_format, expected_registers):
+        takes = sorted(name for name, s in VFM_SPECS.items()
+                       if s.release_format == found and s.num_prefix_tokens - 1 == registers)
+        raise WeightsError(f"{file}: a {_FORMAT_NAMES[found]} checkpoint with {registers} register tokens, but vfm "
+                           f"{vfm!r} takes {_FORMAT_NAMES[spec.release_format]} with {expected_registers}; "
+                           f"vfm for this file: {', '.join(takes) or 'none supported'}")
+    patch = state_dict.get("patch_embed.proj.weight")
+    if patch is not None and tuple(patch.shape[-2:]) != tuple(model.patch_embed.proj.weight.shape[-2:]):
+        raise WeightsError(f"{file}: patch size {tuple(patch.shape[-2:])} but vfm {vfm!r} has "
+                           f"{tuple(model.patch_embed.proj.weight.shape[-2:])}: the file is another model's")
+    pos = state_dict.get("pos_embed")
+    if pos is not None and model.pos_embed is not None and pos.shape[1] - 1 != model.patch_embed.num_patches:
+        # DINO and DINOv2 releases keep a CLS row in pos_embed (also with registers)
+        raise WeightsError(f"{file}: positional embedding of {pos.shape[1] - 1} patches but vfm {vfm!r} has "
+                           f"{model.patch_embed.num_patches}: the file is another model's")
+
+
+def vfm_state_dict(file: Path, vfm: str, model: nn.Module, checkpoint: dict) -> dict:
+    """A release checkpoint's state dict in the timm model's keys (timm's own filters)."""
+    state_dict = dino_state_dict(checkpoint)
+    _check_release(file, vfm, model, state_dict)
+    if VFM_SPECS[vfm].release_format == "dinov3":
+        # storage_tokens -> reg_token, ls{1,2}.gamma -> gamma_{1,2}, qkv.bias -> q_bias, v_bias (the
+        # k part is masked to zero in Meta's model); drops mask_token, bias_mask and rope_embed.periods
+        return eva.checkpoint_filter_fn(state_dict, model)
+    # DINOv2: register_tokens -> reg_token, CLS position folded into cls_token; drops mask_token
+    return vision_transformer.checkpoint_filter_fn(state_dict, model)
+
+
+def _load_rope_periods(file: Path, model: nn.Module, state_dict: dict) -> None:
+    """Meta's DINOv3 RoPE periods from the file into timm's (non-persistent) buffer.
+
+    Meta's model loads the stored periods (rounded to bfloat16 in the release,
+    according to timm); timm recomputes exact ones. Loading the stored values
+    reproduces Meta's model. timm rebuilds them if the model is cast to 16 bits.
+    """
+    periods = state_dict.get("rope_embed.periods")
+    if periods is None:
+        return
+    if periods.shape != model.rope.periods.shape:
+        raise WeightsError(f"{file}: does not fit the model: shape ['rope_embed.periods {tuple(periods.shape)} "
+                           f"vs {tuple(model.rope.periods.shape)}']")
+    with torch.no_grad():
+        model.rope.periods.copy_(periods.float())
+
+
+def _vfm_file(vfm: str) -> Path:
+    """The public release of ``vfm`` in the cache (downloaded once), or the gated one placed there."""
+    setting = "dino_path (--dino-path)"
+    if vfm in VFM_URLS:
+        return _fetch_public(VFM_URLS[vfm], setting)
+    name, page = VFM_GATED_FILES[vfm]
+    target = _cache_dir() / name
+    if not target.is_file():
+        raise WeightsError(f"{name} is not in {target.parent} and is not public: request it at {page} "
+                           f"(licence form), download it and set {setting} to its path")
+    return target
+
+
 def load_vfm(vfm: str = "dino_vitb8", path: str | None = None, model: nn.Module | None = None) -> nn.Module:
-    """DINO (or DINOv2) with release weights, from ``path`` or the public URL.
+    """A VFM with release weights, from ``path`` or the public URL.
 
     ``model`` is the (possibly resized) architecture to load into; default the
     full-size one of ``vfm``.
     """
+    _spec(vfm)
     model = model if model is not None else build_vfm(vfm)
-    file = _fetch_public(VFM_URLS[vfm], "dino_path (--dino-path)") if path is None else _local_file(path, "DINO")
+    file = _vfm_file(vfm) if path is None else _local_file(path, "DINO")
     checkpoint = _torch_load(file)
     if not isinstance(checkpoint, dict):
         raise WeightsError(f"{file}: not a DINO checkpoint (a {type(checkpoint).__name__}, expected a dict)")
-    state_dict = checkpoint_filter_fn(dino_state_dict(checkpoint), model)
+    state_dict = vfm_state_dict(file, vfm, model, checkpoint)
     _mismatch(file, model, state_dict)
     model.load_state_dict(state_dict, strict=True)
+    if VFM_SPECS[vfm].release_format == "dinov3":
+        _load_rope_periods(file, model, dino_state_dict(checkpoint))
     return model.eval()
