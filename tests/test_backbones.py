@@ -1,0 +1,343 @@
+"""Every backbone through the same loader: release-format files, keys, end-to-end CASS, one-line errors.
+
+Tiny random models keep each backbone's patch size, image size, prefix tokens
+and positional scheme (2 layers, width 128, 2 heads); the base-size models are
+also built, written and loaded at full size once.
+"""
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from conftest import TINY_VFM
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+from cass import build, clip_vit, dino_input, dino_keys, random_weights, weights
+from cass.build import build_model
+from cass.config import ConfigError
+from cass.constants import OPENAI_CLIP_ARCHS, OPENAI_CLIP_URLS, VFM_GATED_FILES, VFM_URLS
+from cass.dino_keys import VFM_SPECS
+from cass.weights import WeightsError
+
+VFMS = sorted(VFM_SPECS)
+CLIPS = sorted(OPENAI_CLIP_ARCHS)
+# the CLIP each VFM pairs with at full size (as many heads)
+PAIRED_CLIP = {vfm: ("ViT-B/16" if spec.num_heads == 12 else "ViT-L/14") for vfm, spec in VFM_SPECS.items()}
+
+
+def tiny_vfm_file(tmp_path, vfm, seed=0, name=None):
+    return random_weights.write_dino(tmp_path / (name or weights.vfm_release_file(vfm)), tiny=True, seed=seed, vfm=vfm)
+
+
+def load_tiny(vfm, path):
+    return weights.load_vfm(vfm, str(path), weights.build_vfm(vfm, **TINY_VFM))
+
+
+def one_line_error(call, *fragments):
+    with pytest.raises(WeightsError) as err:
+        call()
+    message = str(err.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+# ----------------------------------------------------------------------------- specs and tables
+@pytest.mark.parametrize("vfm", VFMS)
+def test_spec_matches_the_full_size_timm_model(vfm):
+    """Patch, prefix tokens and heads of each spec are those of the full-size timm model."""
+    spec = VFM_SPECS[vfm]
+    with torch.device("meta"):
+        model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
+    assert model.patch_embed.proj.kernel_size == (spec.patch_size, spec.patch_size)
+    assert model.num_prefix_tokens == spec.num_prefix_tokens
+    assert model.blocks[-1].attn.num_heads == spec.num_heads
+    assert (getattr(model, "rope", None) is not None) == (spec.release_format == "dinov3")
+    if spec.fixed_size is not None:  # the fixed input is the grid the release was trained at
+        assert model.patch_embed.grid_size == (spec.fixed_size // spec.patch_size,) * 2
+
+
+def test_every_vfm_has_one_release_and_clip_heads_pair():
+    for vfm in VFMS:
+        assert (vfm in VFM_URLS) != (vfm in VFM_GATED_FILES)
+    assert sorted(OPENAI_CLIP_URLS) == CLIPS
+    assert {arch: build.clip_heads(arch) for arch in CLIPS} == {"ViT-B/16": 12, "ViT-L/14": 16, "ViT-L/14@336px": 16}
+    pairs = build.head_pairings()
+    assert pairs["ViT-B/16"] == ["dino_vitb8", "dino_vitb16", "dinov2_vitb14", "dinov2_vitb14_reg4", "dinov3_vitb16"]
+    assert pairs["ViT-L/14"] == pairs["ViT-L/14@336px"] == ["dinov2_vitl14", "dinov2_vitl14_reg4", "dinov3_vitl16"]
+
+
+# ----------------------------------------------------------------------------- CLIP
+@pytest.mark.parametrize("arch", CLIPS)
+def test_clip_release_file_loads_and_trunk_follows_the_patch(tmp_path, arch):
+    path = random_weights.write_clip(tmp_path / weights.clip_release_file(arch), tiny=True, seed=2, arch=arch)
+    loaded = weights.load_clip(str(path))
+    vision = loaded.visual
+    patch, native = (16, 224) if arch == "ViT-B/16" else (14, 336 if arch.endswith("336px") else 224)
+    assert vision.conv1.kernel_size == (patch, patch)
+    assert vision.positional_embedding.shape[0] == 1 + (native // patch) ** 2
+    # at the native size the trunk + last block is open_clip's encode_image
+    images = torch.randn(1, 3, native, native)
+    tokens, grid = clip_vit.clip_trunk(vision, images)
+    assert grid == (native // patch,) * 2
+    torch.testing.assert_close(clip_vit.global_embedding(vision, tokens),
+                               F.normalize(loaded.encode_image(images), dim=-1), atol=1e-5, rtol=1e-5)
+    # a slide crop of 224 gives a 16 x 16 grid with a 14-px patch (14 x 14 with 16 px), positions resized
+    tokens, grid = clip_vit.clip_trunk(vision, torch.randn(2, 3, 224, 224))
+    assert grid == (224 // patch,) * 2 and tokens.shape == (2, 1 + (224 // patch) ** 2, 128)
+    q, k, v = clip_vit.last_block_qkv(vision, tokens)
+    assert q.shape == (2, 2, (224 // patch) ** 2, 64)
+
+
+def test_clip_large_mismatch_names_file_and_key(tmp_path):
+    state = random_weights.random_clip(tiny=True, arch="ViT-L/14").state_dict()
+    del state["visual.transformer.resblocks.1.mlp.c_fc.weight"]
+    torch.save(state, tmp_path / "ViT-L-14.pt")
+    one_line_error(lambda: weights.load_clip(str(tmp_path / "ViT-L-14.pt")),
+                   "ViT-L-14.pt", "visual.transformer.resblocks.1.mlp.c_fc.weight")
+
+
+# ----------------------------------------------------------------------------- VFM release formats
+@pytest.mark.parametrize("vfm", VFMS)
+def test_vfm_release_file_loads_every_tensor(tmp_path, vfm):
+    """The file written in the release layout gives back the random model's weights and keys."""
+    path = tiny_vfm_file(tmp_path, vfm, seed=3)
+    loaded = load_tiny(vfm, path)
+    reference = random_weights.random_dino(tiny=True, seed=3, vfm=vfm)
+    expected = reference.state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    for key, value in loaded.state_dict().items():
+        # DINOv2 with registers: the CLS position is folded into cls_token (one float rounding)
+        torch.testing.assert_close(value, expected[key], atol=1e-6, rtol=0, msg=key)
+    if VFM_SPECS[vfm].release_format == "dinov3":
+        stored = torch.load(path)["rope_embed.periods"]
+        assert torch.equal(loaded.rope.periods, stored) and not torch.equal(stored, reference.rope.periods)
+        reference.rope.periods.copy_(stored)  # Meta's model uses the stored (bfloat16-rounded) periods
+    images = torch.randn(1, 3, 112, 112)
+    torch.testing.assert_close(dino_keys.last_block_keys(loaded, images)[0],
+                               dino_keys.last_block_keys(reference, images)[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("vfm", ["dino_vitb16", "dinov2_vitb14_reg4", "dinov3_vitb16"])
+def test_full_training_checkpoint_layout_loads(tmp_path, vfm):
+    path = random_weights.write_dino(tmp_path / "full.pth", tiny=True, seed=4, full=True, vfm=vfm)
+    plain = tiny_vfm_file(tmp_path, vfm, seed=4)
+    for key, value in load_tiny(vfm, path).state_dict().items():
+        assert torch.equal(value, load_tiny(vfm, plain).state_dict()[key])
+
+
+@pytest.mark.parametrize("vfm", ["dino_vitb16", "dinov2_vitb14", "dinov3_vitb16"])
+def test_full_size_release_file_loads(tmp_path, vfm):
+    """Full-size base models: built, written in the release layout and loaded strictly."""
+    path = random_weights.write_dino(tmp_path / weights.vfm_release_file(vfm), seed=5, vfm=vfm)
+    loaded = weights.load_vfm(vfm, str(path))
+    reference = random_weights.random_dino(seed=5, vfm=vfm)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    spec = VFM_SPECS[vfm]
+    images = dino_input.reference_dino_images(torch.randn(1, 3, 224, 224), spec)
+    keys, grid = dino_keys.last_block_keys(loaded, images)
+    side = (spec.fixed_size or 224) // spec.patch_size
+    assert grid == (side, side) and keys.shape == (1, 12, side * side, 64)
+
+
+# ----------------------------------------------------------------------------- keys
+@pytest.mark.parametrize("vfm", VFMS)
+def test_keys_are_the_keys_of_the_models_own_attention(monkeypatch, vfm):
+    """Keys equal those timm's forward hands to scaled_dot_product_attention in the last
+    block (after RoPE for DINOv3), prefix tokens dropped: at the model's own size for
+    absolute positions, on a non-square grid for RoPE."""
+    model = random_weights.random_dino(tiny=True, seed=6, vfm=vfm)
+    spec = VFM_SPECS[vfm]
+    size = (96, 160) if model.pos_embed is None else tuple(model.patch_embed.img_size)
+    images = torch.randn(2, 3, *size)
+    captured = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        captured.append(k)
+        return sdpa(q, k, v, *args, **kwargs)
+
+    for block in model.blocks:
+        block.attn.fused_attn = True
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        model.forward_features(images)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+    assert len(captured) == len(model.blocks)
+    keys, grid = dino_keys.last_block_keys(model, images)
+    n = grid[0] * grid[1]
+    assert grid == (size[0] // spec.patch_size, size[1] // spec.patch_size) and keys.shape == (2, 2, n, 64)
+    torch.testing.assert_close(keys, captured[-1][:, :, spec.num_prefix_tokens:], atol=1e-5, rtol=1e-5)
+
+
+def test_dinov3_keys_before_rope_on_request():
+    model = random_weights.random_dino(tiny=True, seed=7, vfm="dinov3_vitb16")
+    captured = {}
+    model.blocks[-1].attn.k_norm.register_forward_hook(lambda m, i, o: captured.setdefault("k", o))
+    images = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        model.forward_features(images)
+    plain, grid = dino_keys.last_block_keys(model, images, rotary=False)
+    rotated, _ = dino_keys.last_block_keys(model, images)
+    torch.testing.assert_close(plain, captured["k"][:, :, 5:], atol=1e-5, rtol=1e-5)
+    # RoPE is a rotation per pair of channels: norms kept, directions changed
+    torch.testing.assert_close(rotated.norm(dim=-1), plain.norm(dim=-1), atol=1e-4, rtol=1e-4)
+    assert (rotated - plain).abs().max() > 0.1
+    # and DINO/DINOv2 keys do not depend on the switch
+    dino = random_weights.random_dino(tiny=True, vfm="dino_vitb16")
+    assert torch.equal(dino_keys.last_block_keys(dino, images, rotary=False)[0],
+                       dino_keys.last_block_keys(dino, images)[0])
+
+
+# ----------------------------------------------------------------------------- end to end
+def cass_from_files(tmp_path, vfm, seed=0, clip=None, **settings):
+    clip = clip or PAIRED_CLIP[vfm]
+    clip_file = tmp_path / weights.clip_release_file(clip)
+    if not clip_file.exists():
+        random_weights.write_clip(clip_file, tiny=True, arch=clip)
+    dino_file = tiny_vfm_file(tmp_path, vfm, seed=seed, name=f"{vfm}-{seed}.pth")
+    keys = dict(global_semantics_weight=0.25, mean_vector_weight=0.04, h_threshold=0.5, prob_thd=0.0)
+    keys.update(settings)
+    return build_model(clip_path=str(clip_file), vfm=vfm, dino_path=str(dino_file), vfm_overrides=TINY_VFM,
+                       classes=["sky", "cat", "dog"], text_cache_dir=False, **keys)
+
+
+@pytest.mark.parametrize("vfm", VFMS)
+def test_cass_end_to_end_with_every_vfm(tmp_path, vfm):
+    """build_model from release files, then a forward on a small image (two slide crops)."""
+    model = cass_from_files(tmp_path, vfm)
+    assert model.vfm_spec == VFM_SPECS[vfm] and model.patch_size == (16 if PAIRED_CLIP[vfm] == "ViT-B/16" else 14)
+    torch.manual_seed(0)
+    image = torch.randn(3, 224, 300)
+    pred = model([image], [(50, 60)])[0]
+    assert pred.probs.shape == (3, 50, 60) and pred.labels.shape == (50, 60)
+    assert torch.isfinite(pred.probs).all()
+    torch.testing.assert_close(pred.probs.sum(0), torch.ones(50, 60))
+    # the VFM is used: other VFM weights change the result
+    other = cass_from_files(tmp_path, vfm, seed=1)
+    assert not torch.allclose(other([image], [(50, 60)])[0].probs, pred.probs, atol=1e-4)
+
+
+def test_cass_end_to_end_clip_large_336(tmp_path):
+    model = cass_from_files(tmp_path, "dinov3_vitl16", clip="ViT-L/14@336px", slide_crop=336, slide_stride=224)
+    crops = torch.randn(1, 3, 336, 336)
+    _, grid = clip_vit.clip_trunk(model.clip.visual, crops)
+    assert grid == (24, 24)
+    assert model.vfm_keys(crops, grid).shape == (1, 2, 24 * 24, 64)
+    pred = model([torch.randn(3, 336, 400)])[0]
+    assert pred.probs.shape == (3, 336, 400) and torch.isfinite(pred.probs).all()
+
+
+def test_cass_full_size_base_models_end_to_end(tmp_path):
+    """Full-size CLIP ViT-B/16 and DINOv3 ViT-B/16 from release files, whole-image pass."""
+    clip_file = random_weights.write_clip(tmp_path / "ViT-B-16.pt", seed=1)
+    dino_file = random_weights.write_dino(tmp_path / weights.vfm_release_file("dinov3_vitb16"), seed=1,
+                                          vfm="dinov3_vitb16")
+    model = build_model(clip_path=str(clip_file), vfm="dinov3_vitb16", dino_path=str(dino_file),
+                        classes=["sky", "cat"], text_cache_dir=False, slide_crop=0)
+    assert model.vfm.blocks[-1].attn.num_heads == 12 and len(model.vfm.blocks) == 12
+    pred = model([torch.randn(3, 224, 224)])[0]
+    assert pred.probs.shape == (2, 224, 224)
+    torch.testing.assert_close(pred.probs.sum(0), torch.ones(224, 224))
+
+
+def test_random_weights_cli_writes_release_names(tmp_path):
+    assert random_weights.main([str(tmp_path), "--tiny", "--clip", "ViT-L/14", "--vfm", "dinov2_vitl14_reg4",
+                                "dinov3_vitl16"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ViT-L-14.pt", "dinov2_vitl14_reg4_pretrain.pth", "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth"]
+    model = build_model(clip_path=str(tmp_path / "ViT-L-14.pt"), vfm="dinov3_vitl16",
+                        dino_path=str(tmp_path / "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth"),
+                        vfm_overrides=TINY_VFM, classes=["a", "b"], text_cache_dir=False)
+    assert model.patch_size == 14 and model.vfm_spec.patch_size == 16
+
+
+# ----------------------------------------------------------------------------- errors
+def test_mismatched_heads_name_the_combinations_that_work(tmp_path):
+    """A CLIP with 3 heads and a VFM with 2: ConfigError before the VFM file is read."""
+    torch.manual_seed(0)
+    clip = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=1, width=192, patch_size=16, image_size=224),
+                text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1),
+                quick_gelu=True)
+    torch.save(clip.state_dict(), tmp_path / "clip3.pt")
+    with pytest.raises(ConfigError) as err:
+        build_model(clip_path=str(tmp_path / "clip3.pt"), vfm="dinov3_vitb16", dino_path=str(tmp_path / "none.pth"),
+                    vfm_overrides=TINY_VFM, classes=["a"], text_cache_dir=False)
+    message = str(err.value)
+    assert "\n" not in message and "3 heads" in message and "'dinov3_vitb16' 2" in message
+    assert "CLIP ViT-B/16 with dino_vitb8, dino_vitb16, dinov2_vitb14, dinov2_vitb14_reg4, dinov3_vitb16" in message
+    assert "CLIP ViT-L/14 with dinov2_vitl14, dinov2_vitl14_reg4, dinov3_vitl16" in message
+
+
+@pytest.mark.parametrize("vfm", VFMS)
+def test_missing_file_names_it(tmp_path, vfm):
+    one_line_error(lambda: load_tiny(vfm, tmp_path / "nope.pth"), "weights file not found", "nope.pth")
+
+
+@pytest.mark.parametrize("vfm", sorted(VFM_URLS))
+def test_public_vfm_offline_names_file_and_setting(vfm):
+    one_line_error(lambda: weights.load_vfm(vfm, None, weights.build_vfm(vfm, **TINY_VFM)),
+                   weights.vfm_release_file(vfm), VFM_URLS[vfm], "dino_path (--dino-path)")
+
+
+@pytest.mark.parametrize("arch", CLIPS)
+def test_public_clip_offline_names_file_and_setting(arch):
+    one_line_error(lambda: weights.load_clip(arch), weights.clip_release_file(arch), "clip_path (--clip-path)")
+
+
+@pytest.mark.parametrize("vfm", sorted(VFM_GATED_FILES))
+def test_gated_dinov3_names_the_page_and_setting_and_is_read_from_the_cache(tmp_path, monkeypatch, vfm):
+    name, page = VFM_GATED_FILES[vfm]
+    message = one_line_error(lambda: weights.load_vfm(vfm, None, weights.build_vfm(vfm, **TINY_VFM)),
+                             name, page, "dino_path (--dino-path)", "licence")
+    assert "could not be downloaded" not in message  # gated: no download is tried
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("CASS_WEIGHTS_DIR", str(cache))
+    tiny_vfm_file(cache, vfm, seed=8)
+    loaded = weights.load_vfm(vfm, None, weights.build_vfm(vfm, **TINY_VFM))
+    assert torch.equal(loaded.reg_token, random_weights.random_dino(tiny=True, seed=8, vfm=vfm).reg_token)
+
+
+@pytest.mark.parametrize("file_vfm, vfm, fragments", [
+    # DINO: a ViT-B/16 file for the ViT-B/8 model (timm's filter would resample the patch embedding)
+    ("dino_vitb16", "dino_vitb8", ["patch size (16, 16)", "(8, 8)"]),
+    # DINOv2: registers or not
+    ("dinov2_vitb14_reg4", "dinov2_vitb14", ["a DINOv2 checkpoint with 4 register tokens",
+                                             "vfm for this file: dinov2_vitb14_reg4, dinov2_vitl14_reg4"]),
+    ("dinov2_vitb14", "dino_vitb8", ["a DINOv2 checkpoint with 0 register tokens", "takes DINO"]),
+    # DINOv3: another family's file either way
+    ("dinov3_vitb16", "dinov2_vitb14_reg4", ["a DINOv3 checkpoint with 4 register tokens",
+                                             "vfm for this file: dinov3_vitb16, dinov3_vitl16"]),
+    ("dino_vitb16", "dinov3_vitb16", ["a DINO (facebookresearch/dino) checkpoint", "takes DINOv3"]),
+])
+def test_other_models_file_is_refused(tmp_path, file_vfm, vfm, fragments):
+    path = tiny_vfm_file(tmp_path, file_vfm)
+    one_line_error(lambda: load_tiny(vfm, path), path.name, *fragments)
+
+
+def test_dinov2_grid_mismatch_is_refused(tmp_path):
+    path = tiny_vfm_file(tmp_path, "dinov2_vitb14")
+    model = weights.build_vfm("dinov2_vitb14", img_size=224, **TINY_VFM)
+    one_line_error(lambda: weights.load_vfm("dinov2_vitb14", str(path), model),
+                   path.name, "positional embedding of 1369 patches", "has 256")
+
+
+@pytest.mark.parametrize("vfm, drop, fragment", [
+    ("dino_vitb16", "blocks.1.attn.qkv.weight", "missing ['blocks.1.attn.qkv.weight']"),
+    ("dinov2_vitl14", "blocks.0.ls1.gamma", "missing ['blocks.0.ls1.gamma']"),
+    ("dinov3_vitb16", "blocks.1.ls2.gamma", "missing ['blocks.1.gamma_2']"),
+    ("dinov3_vitb16", "blocks.0.attn.qkv.bias", "missing ['blocks.0.attn.q_bias', 'blocks.0.attn.v_bias']"),
+])
+def test_release_file_missing_a_tensor_names_it(tmp_path, vfm, drop, fragment):
+    state = torch.load(tiny_vfm_file(tmp_path, vfm))
+    del state[drop]
+    torch.save(state, tmp_path / "broken.pth")
+    one_line_error(lambda: load_tiny(vfm, tmp_path / "broken.pth"), "broken.pth", "does not fit", fragment)
+
+
+def test_dinov3_release_of_another_width_is_refused(tmp_path):
+    path = tiny_vfm_file(tmp_path, "dinov3_vitb16")
+    model = weights.build_vfm("dinov3_vitb16", embed_dim=192, depth=2, num_heads=3)
+    one_line_error(lambda: weights.load_vfm("dinov3_vitb16", str(path), model), path.name, "does not fit", "shape")
