@@ -4,6 +4,9 @@ Tiny random models keep each backbone's patch size, image size, prefix tokens
 and positional scheme (2 layers, width 128, 2 heads); the base-size models are
 also built, written and loaded at full size once.
 """
+import os
+from functools import partial
+
 import pytest
 import timm
 import torch
@@ -341,3 +344,65 @@ def test_dinov3_release_of_another_width_is_refused(tmp_path):
     path = tiny_vfm_file(tmp_path, "dinov3_vitb16")
     model = weights.build_vfm("dinov3_vitb16", embed_dim=192, depth=2, num_heads=3)
     one_line_error(lambda: weights.load_vfm("dinov3_vitb16", str(path), model), path.name, "does not fit", "shape")
+
+
+# ----------------------------------------------------------------------------- against the reference code (opt-in)
+REFERENCE_REPOS = os.environ.get("CASS_VFM_REPOS")
+
+
+def _meta_model(vfm):
+    """The tiny model of ``vfm`` in its authors' own code (facebookresearch/dino, dinov2, dinov3)."""
+    spec = VFM_SPECS[vfm]
+    tiny = dict(embed_dim=128, depth=2, num_heads=2)
+    if spec.release_format == "dinov3":
+        from dinov3.models.vision_transformer import DinoVisionTransformer
+        return DinoVisionTransformer(img_size=224, patch_size=16, pos_embed_rope_base=100,
+                                     pos_embed_rope_normalize_coords="separate", pos_embed_rope_rescale_coords=2,
+                                     pos_embed_rope_dtype="fp32", ffn_ratio=4, qkv_bias=True, layerscale_init=1e-5,
+                                     norm_layer="layernormbf16", ffn_layer="mlp", n_storage_tokens=4,
+                                     mask_k_bias=True, **tiny)
+    if spec.release_format == "dinov2":
+        from dinov2.layers import MemEffAttention, NestedTensorBlock
+        from dinov2.models.vision_transformer import DinoVisionTransformer
+        registers = spec.num_prefix_tokens - 1
+        return DinoVisionTransformer(img_size=518, patch_size=14, mlp_ratio=4, init_values=1e-5, block_chunks=0,
+                                     block_fn=partial(NestedTensorBlock, attn_class=MemEffAttention),
+                                     num_register_tokens=registers, **tiny)
+    import vision_transformer  # facebookresearch/dino
+    return vision_transformer.VisionTransformer(patch_size=spec.patch_size, qkv_bias=True, mlp_ratio=4,
+                                                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), **tiny)
+
+
+@pytest.mark.skipif(not REFERENCE_REPOS, reason="set CASS_VFM_REPOS to a folder with clones of "
+                                                "facebookresearch/dino, dinov2 and dinov3")
+@pytest.mark.parametrize("vfm", ["dino_vitb8", "dino_vitb16", "dinov2_vitb14", "dinov2_vitb14_reg4", "dinov3_vitb16"])
+def test_release_layout_and_keys_match_the_reference_code(tmp_path, monkeypatch, vfm):
+    """The written files load strictly into the authors' models, and the keys equal
+    the ones their last attention computes (DINOv3: after RoPE, with the stored periods)."""
+    for repo in ("dino", "dinov2", "dinov3"):
+        monkeypatch.syspath_prepend(os.path.join(REFERENCE_REPOS, repo))
+    path = tiny_vfm_file(tmp_path, vfm, seed=9)
+    meta = _meta_model(vfm).eval()
+    meta.load_state_dict(torch.load(path), strict=True)
+    spec = VFM_SPECS[vfm]
+    size = (96, 160) if spec.release_format == "dinov3" else ((spec.fixed_size or 224),) * 2
+    images = torch.randn(2, 3, *size)
+    captured = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        captured.append(k)
+        return sdpa(q, k, v, *args, **kwargs)
+
+    meta.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.append(o))
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        meta.forward_features(images) if spec.release_format != "dino" else meta(images)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+    keys, grid = dino_keys.last_block_keys(load_tiny(vfm, path), images)
+    if spec.release_format == "dinov3":  # the k handed to the attention, after RoPE
+        expected = captured[-1]
+    else:  # the k part of the last qkv projection
+        qkv = next(t for t in captured if t.dim() == 3)
+        expected = qkv.reshape(2, qkv.shape[1], 3, 2, 64)[:, :, 1].transpose(1, 2)
+    torch.testing.assert_close(keys, expected[:, :, spec.num_prefix_tokens:], atol=1e-5, rtol=1e-5)
