@@ -9,7 +9,9 @@ keys are the only renamed ones (``precision`` -> ``precision.clip``,
 ``vfm_precision`` -> ``precision.vfm``).
 
 Defaults reproduce the released code (``docs/method.md``); the per-benchmark
-values live in ``configs/cfg_<benchmark>.py``.
+values live in ``configs/cfg_<benchmark>.py``. :class:`MethodConfig` picks the
+last block of the training-free family CASS builds on (``method='sclip'``, ...;
+``docs/methods.md``); its default is CASS.
 """
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ from typing import Any
 STRATEGIES = ("spectral", "sequential", "vanilla")
 DINO_INPUTS = ("reference", "plain")
 PRECISIONS = ("auto", "fp32", "tf32", "fp16", "bf16")
+# The last-block variants of the training-free family (cass/methods.py, docs/methods.md).
+METHODS = ("cass", "clip", "maskclip", "sclip", "clearclip", "naclip", "proxyclip")
+# Methods whose published last block keeps the residual and the feed-forward network.
+_RESIDUAL_METHODS = ("clip", "maskclip", "sclip")
 
 
 class ConfigError(ValueError):
@@ -150,16 +156,22 @@ class OutputConfig:
         logit_scale: logit multiplier before the softmax over queries (40).
         pamr_steps: PAMR iterations on the logits (0 = off, CASS's setting).
         pamr_dilations: PAMR's dilations.
+        area_thd: SCLIP's small-region filter (its VOC21 config: 0.1): a
+            non-background class predicted on at most this share of the
+            non-background pixels is dropped (:func:`cass.methods.drop_small_classes`);
+            0 = off.
     """
 
     prob_thd: float = 0.0
     logit_scale: float = 40.0
     pamr_steps: int = 0
     pamr_dilations: tuple[int, ...] = (8, 16)
+    area_thd: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pamr_dilations", tuple(int(d) for d in self.pamr_dilations))
         _check(0 <= self.prob_thd <= 1, f"prob_thd must lie in [0, 1], got {self.prob_thd}")
+        _check(0 <= self.area_thd < 1, f"area_thd must lie in [0, 1), got {self.area_thd}")
         _check(self.logit_scale > 0, f"logit_scale must be > 0, got {self.logit_scale}")
         _check(self.pamr_steps >= 0, f"pamr_steps must be >= 0, got {self.pamr_steps}")
         _check(all(d >= 1 for d in self.pamr_dilations), f"pamr_dilations must be >= 1, got {self.pamr_dilations}")
@@ -198,8 +210,59 @@ class PrecisionConfig:
         return clip, vfm
 
 
+@dataclass(frozen=True)
+class MethodConfig:
+    """Which last block turns CLIP's patch tokens into dense features (``docs/methods.md``).
+
+    Everything else (trunk, sliding windows, text embeddings, post-processing,
+    PAMR) is the same code for every method; the CASS-specific settings
+    (``attn_strategy``, ``low_rank``, ...) only act on ``method='cass'``.
+
+    Attributes:
+        name: the config key ``method``: ``'cass'`` (default), ``'clip'``,
+            ``'maskclip'``, ``'sclip'``, ``'clearclip'``, ``'naclip'`` or
+            ``'proxyclip'``. NACLIP's sigma is ``gaussian_std``.
+        residual: keep the last block's residual and feed-forward network;
+            None: as the method was published (kept by clip, maskclip and
+            sclip, dropped by the others). CASS and ProxyCLIP have no such
+            variant (ProxyCLIP's output lives on the VFM's grid).
+        refine_text: CASS's object-presence text refinement (``global_semantics_weight``,
+            ``mean_vector_weight``, ``h_threshold``); None: only for CASS, the
+            baselines use the plain template-averaged text embeddings.
+        proxy_beta: ProxyCLIP's beta: similarities below ``beta`` times their
+            mean are masked out (published: 1.2).
+        proxy_gamma: ProxyCLIP's gamma, the temperature of its attention (published: 3.0).
+    """
+
+    name: str = "cass"
+    residual: bool | None = None
+    refine_text: bool | None = None
+    proxy_beta: float = 1.2
+    proxy_gamma: float = 3.0
+
+    def __post_init__(self) -> None:
+        _check(self.name in METHODS, f"method must be one of {METHODS}, got {self.name!r}")
+        _check(self.residual in (None, True, False), f"residual must be True, False or None, got {self.residual!r}")
+        _check(self.refine_text in (None, True, False),
+               f"refine_text must be True, False or None, got {self.refine_text!r}")
+        _check(not (self.residual and self.name in ("cass", "proxyclip")),
+               f"method {self.name!r} has no residual variant (residual=True)")
+        _check(self.proxy_beta >= 0, f"proxy_beta must be >= 0, got {self.proxy_beta}")
+        _check(self.proxy_gamma > 0, f"proxy_gamma must be > 0, got {self.proxy_gamma}")
+
+    @property
+    def keeps_residual(self) -> bool:
+        """Whether the last block keeps its residual and feed-forward network."""
+        return self.name in _RESIDUAL_METHODS if self.residual is None else self.residual
+
+    @property
+    def refines_text(self) -> bool:
+        """Whether CASS's object-presence text refinement is applied."""
+        return self.name == "cass" if self.refine_text is None else self.refine_text
+
+
 # config keys whose dataclass field has another name
-_RENAMED = {"precision": ("precision", "clip"), "vfm_precision": ("precision", "vfm")}
+_RENAMED = {"precision": ("precision", "clip"), "vfm_precision": ("precision", "vfm"), "method": ("method", "name")}
 
 
 @dataclass(frozen=True)
@@ -211,6 +274,14 @@ class CASSConfig:
     window: WindowConfig = field(default_factory=WindowConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+
+    @property
+    def uses_vfm(self) -> bool:
+        """Whether the model needs a VFM: CASS with a VFM strategy, or ProxyCLIP."""
+        if self.method.name == "cass":
+            return self.spectral.uses_vfm
+        return self.method.name == "proxyclip"
 
     @classmethod
     def key_table(cls) -> dict[str, tuple[str, str]]:

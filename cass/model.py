@@ -6,6 +6,8 @@ adapter in :mod:`cass.mmseg`. It orchestrates crops, batching, devices and
 post-processing (spec sections 0-6); the math lives in :mod:`cass.clip_vit`,
 :mod:`cass.dino_keys`, :mod:`cass.spectral`, :mod:`cass.text` and
 :mod:`cass.pamr`. Each part runs inside a named :func:`cass.stages.stage`.
+``config.method`` swaps CASS's last block for one of the training-free
+baselines of :mod:`cass.methods`; everything else is shared.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 from open_clip.model import convert_weights_to_lp
 from torch import Tensor, nn
 
-from . import clip_vit, spectral, text
+from . import clip_vit, methods, spectral, text
 from .config import CASSConfig, ConfigError
 from .dino_input import plain_dino_images, reference_dino_images
 from .dino_keys import VFM_SPECS, VFMSpec, keys_on_clip_grid, last_block_keys
@@ -96,8 +99,9 @@ class CASSModel(nn.Module):
 
     Args:
         clip: open_clip ``CLIP`` in OpenAI's layout (CLS pooling, EOT text pooling).
-        vfm: timm ``VisionTransformer`` of ``vfm_spec``; None only with the
-            ``'vanilla'`` strategy, which does not use it.
+        vfm: timm ``VisionTransformer`` of ``vfm_spec``; None only where the
+            method does not use it (the ``'vanilla'`` strategy, the baselines
+            other than ProxyCLIP).
         vocabulary: the classes (see :class:`~cass.text.Vocabulary`).
         config: every setting of the method.
         vfm_spec: what the VFM is (patch size, prefix tokens, fixed input size).
@@ -113,12 +117,17 @@ class CASSModel(nn.Module):
         self.vfm_spec = vfm_spec
         self.text_cache_dir = text_cache_dir
         self.clip = clip.eval()
-        if not self.config.spectral.uses_vfm:
-            vfm = None  # ordinary attention never looks at the VFM
+        method = self.config.method.name
+        if not self.config.uses_vfm:
+            vfm = None  # ordinary attention and the CLIP-only baselines never look at the VFM
         elif vfm is None:
-            raise ConfigError(f"attn_strategy {self.config.spectral.attn_strategy!r} needs a VFM (vfm is None)")
+            what = f"attn_strategy {self.config.spectral.attn_strategy!r}" if method == "cass" else f"method {method!r}"
+            raise ConfigError(f"{what} needs a VFM (vfm is None)")
+        elif method == "proxyclip" and getattr(vfm, "rope", None) is not None:
+            raise ConfigError("method 'proxyclip' needs a VFM with an absolute positional embedding "
+                              "(DINO, DINOv2), not a rotary one (DINOv3)")
         self.vfm = vfm.eval() if vfm is not None else None
-        if self.vfm is not None:
+        if self.vfm is not None and method == "cass":
             heads = (self.vfm.blocks[-1].attn.num_heads, self.clip.visual.transformer.resblocks[-1].attn.num_heads)
             if heads[0] != heads[1]:
                 raise ConfigError(f"the VFM's last block has {heads[0]} heads and CLIP's {heads[1]}: "
@@ -247,6 +256,47 @@ class CASSModel(nn.Module):
             bias = spectral.gaussian_bias(grid, cfg.gaussian_std, device=logits.device)
             return (logits + bias).softmax(-1)
 
+    def method_features(self, crops: Tensor, tokens: Tensor, grid: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
+        """Patch features of a baseline's last block (``config.method`` other than CASS).
+
+        Args:
+            crops: (B, 3, Hc, Wc) the crops (ProxyCLIP's VFM input).
+            tokens: (B, 1 + N, D) CLIP tokens entering the last block.
+
+        Returns:
+            (B, M, E) L2-normalised float32 features and their grid: CLIP's,
+            or the VFM's for ProxyCLIP.
+        """
+        cfg = self.config.method
+        visual = self.clip.visual
+        with stage("clip"), self._tf32("clip"):
+            q, k, v = methods.block_qkv(visual.transformer.resblocks[-1], tokens)
+        residual = tokens if cfg.keeps_residual else None
+        if cfg.name == "proxyclip":
+            with stage("dino"), self._tf32("vfm"):
+                images = plain_dino_images(crops, replace(self.vfm_spec, fixed_size=None))  # the crop as it is
+                vfm_feats, vfm_grid = methods.vfm_last_features(self.vfm, images)
+            with stage("spectral"):
+                attn = methods.proxy_attention(vfm_feats, cfg.proxy_beta, cfg.proxy_gamma)
+            with stage("clip"), self._tf32("clip"):
+                values = methods.values_on_grid(v[:, :, 1:], grid, vfm_grid)
+                return methods.last_block_features(visual, methods.attend(attn, values), None, 0), vfm_grid
+        with stage("spectral"):
+            if cfg.name == "maskclip":
+                attn = None  # identity: each token keeps its value
+            elif cfg.name == "clip":
+                attn = methods.vanilla_attention(q, k)
+            elif cfg.name == "sclip":
+                attn = methods.correlative_attention(q, k)
+            elif cfg.name == "clearclip":
+                attn = methods.self_self_attention(q)
+            else:  # naclip
+                bias = spectral.gaussian_bias(grid, self.config.spectral.gaussian_std, device=k.device)
+                attn = methods.self_self_attention(k, methods.with_prefix(bias))
+        with stage("clip"), self._tf32("clip"):
+            mixed = v if attn is None else methods.attend(attn, v)
+            return methods.last_block_features(visual, mixed, residual, 1), grid
+
     @torch.no_grad()
     def crop_logits(self, crops: Tensor, image_embeddings: Tensor | None) -> Tensor:
         """Query logits of a batch of equal-size crops, at crop resolution.
@@ -254,25 +304,34 @@ class CASSModel(nn.Module):
         Args:
             crops: (B, 3, Hc, Wc) CLIP-normalised crops.
             image_embeddings: (B, E) presence-prior embeddings ``v``; None takes
-                them from the crops themselves.
+                them from the crops themselves (unused without text refinement).
 
         Returns:
-            (B, Q, Hc, Wc) float32 logits ``S``.
+            (B, Q, Hc, Wc) float32 logits: ``S``, or ``F . t`` without text
+            refinement (the baselines).
         """
         text_feats, clusters = self.text_state()
         visual = self.clip.visual
+        refines = self.config.method.refines_text
         with stage("clip"), self._tf32("clip"):
             tokens, grid = clip_vit.clip_trunk(visual, crops)
-            if image_embeddings is None:
+            if image_embeddings is None and refines:
                 image_embeddings = clip_vit.global_embedding(visual, tokens)
-            queries, keys, values = clip_vit.last_block_qkv(visual, tokens)
-        attn = self.attention(queries, keys, crops, grid)
-        with stage("clip"), self._tf32("clip"):
-            feats = clip_vit.reduced_block_output(visual, attn, values)
+        if self.config.method.name == "cass":
+            with stage("clip"), self._tf32("clip"):
+                queries, keys, values = clip_vit.last_block_qkv(visual, tokens)
+            attn = self.attention(queries, keys, crops, grid)
+            with stage("clip"), self._tf32("clip"):
+                feats = clip_vit.reduced_block_output(visual, attn, values)
+        else:
+            feats, grid = self.method_features(crops, tokens, grid)
         with stage("text"):
-            presence = image_embeddings.float() @ text_feats.T
-            refined = text.refine_text(feats, text_feats, presence, clusters, self.config.text)
-            logits = text.class_logits(feats, refined, presence, self.config.text)  # (B, N, Q)
+            if refines:
+                presence = image_embeddings.float() @ text_feats.T
+                refined = text.refine_text(feats, text_feats, presence, clusters, self.config.text)
+                logits = text.class_logits(feats, refined, presence, self.config.text)  # (B, N, Q)
+            else:
+                logits = feats @ text_feats.T
         with stage("post"):
             logits = logits.transpose(1, 2).reshape(len(crops), -1, *grid)
             return F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
@@ -299,7 +358,7 @@ class CASSModel(nn.Module):
         window = self.config.window
         boxes = [image_boxes(*img.shape[-2:], self.config) for img in images]
         embeddings: list[Tensor | None] = [None] * len(images)
-        if not window.whole_image and not self.config.text.prior_from_crop:
+        if not window.whole_image and not self.config.text.prior_from_crop and self.config.method.refines_text:
             by_shape = defaultdict(list)
             for i, img in enumerate(images):
                 by_shape[tuple(img.shape)].append(i)
@@ -330,7 +389,8 @@ class CASSModel(nn.Module):
         """Query logits -> class probabilities and label map at ``out_size``.
 
         Bilinear resize, optional PAMR, ``x logit_scale`` softmax over queries,
-        max over each class's synonyms, argmax, ``prob_thd`` -> class 0.
+        max over each class's synonyms, optional small-class filter
+        (``area_thd``), argmax, ``prob_thd`` -> class 0.
 
         Args:
             logits: (Q, h, w), consumed (changed in place to save memory);
@@ -357,6 +417,8 @@ class CASSModel(nn.Module):
                 for q, c in enumerate(self.vocabulary.query_class):
                     torch.maximum(merged[c], probs[q], out=merged[c])
                 probs = merged
+            if cfg.area_thd > 0:
+                probs = methods.drop_small_classes(probs, cfg.area_thd)
             top, labels = probs.max(0)
             labels = torch.where(top < cfg.prob_thd, 0, labels)  # no boolean indexing: it waits for the GPU
             return Prediction(probs, labels)
