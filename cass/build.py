@@ -12,15 +12,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import open_clip
 from torch import nn
 
 from .config import CASSConfig, ConfigError
-from .constants import OPENAI_CLIP_ARCHS
 from .dino_keys import VFM_SPECS
 from .model import CASSModel
 from .text import Vocabulary, VocabularyError
-from .weights import build_vfm, load_clip, load_vfm
+from .weights import build_vfm, head_pairings, load_clip, load_vfm
 
 
 def vocabulary_from(classes: Sequence[str] | None = None, name_path: str | os.PathLike | None = None) -> Vocabulary:
@@ -32,18 +30,6 @@ def vocabulary_from(classes: Sequence[str] | None = None, name_path: str | os.Pa
     if name_path is not None:
         return Vocabulary.from_file(name_path)
     raise VocabularyError("no vocabulary: give classes (a list) or name_path (a class-name file)")
-
-
-def clip_heads(arch: str) -> int:
-    """Heads of the last block of OpenAI CLIP ``arch`` (open_clip's config: width / head width)."""
-    vision = open_clip.get_model_config(OPENAI_CLIP_ARCHS[arch])["vision_cfg"]
-    return vision["width"] // vision.get("head_width", 64)
-
-
-def head_pairings() -> dict[str, list[str]]:
-    """For each public CLIP, the VFMs with as many heads (CASS pairs heads one to one)."""
-    return {arch: [vfm for vfm, spec in VFM_SPECS.items() if spec.num_heads == clip_heads(arch)]
-            for arch in OPENAI_CLIP_ARCHS}
 
 
 def check_heads(clip: nn.Module, vfm_module: nn.Module, vfm: str) -> None:

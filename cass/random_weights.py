@@ -132,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cass.random_weights",
                                      description="Write random CLIP and VFM weights in their release formats and "
                                                  "file names (for offline trials and benchmarks).")
-    parser.add_argument("out_dir", type=Path, help="folder for the files (e.g. ViT-B-16.pt, dino_vitbase8_pretrain.pth)")
+    parser.add_argument("out_dir", type=Path,
+                        help="folder for the files (e.g. ViT-B-16.pt, dino_vitbase8_pretrain.pth)")
     parser.add_argument("--clip", nargs="*", default=["ViT-B/16"], choices=sorted(OPENAI_CLIP_ARCHS),
                         help="CLIP architectures (default ViT-B/16)")
     parser.add_argument("--vfm", nargs="*", default=["dino_vitb8"], choices=sorted(VFM_SPECS),

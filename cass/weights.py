@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import open_clip
 import timm
 import torch
 from open_clip.model import build_model_from_openai_state_dict
 from timm.models import eva, vision_transformer
 from torch import nn
 
-from .constants import OPENAI_CLIP_URLS, VFM_GATED_FILES, VFM_URLS
+from .constants import OPENAI_CLIP_ARCHS, OPENAI_CLIP_URLS, VFM_GATED_FILES, VFM_URLS
 from .dino_keys import VFM_SPECS, VFMSpec
 
 
@@ -135,6 +136,18 @@ def clip_release_file(arch: str) -> str:
 def vfm_release_file(vfm: str) -> str:
     """File name of ``vfm``'s public or gated release (``'dino_vitb8'`` -> ``'dino_vitbase8_pretrain.pth'``)."""
     return Path(VFM_URLS[vfm]).name if vfm in VFM_URLS else VFM_GATED_FILES[vfm][0]
+
+
+def clip_heads(arch: str) -> int:
+    """Heads of the last block of OpenAI CLIP ``arch`` (open_clip's config: width / head width)."""
+    vision = open_clip.get_model_config(OPENAI_CLIP_ARCHS[arch])["vision_cfg"]
+    return vision["width"] // vision.get("head_width", 64)
+
+
+def head_pairings() -> dict[str, list[str]]:
+    """For each public CLIP, the VFMs with as many heads (CASS pairs heads one to one)."""
+    return {arch: [vfm for vfm, spec in VFM_SPECS.items() if spec.num_heads == clip_heads(arch)]
+            for arch in OPENAI_CLIP_ARCHS}
 
 
 def _spec(vfm: str) -> VFMSpec:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import TINY_VFM
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-from cass import build, clip_vit, dino_input, dino_keys, random_weights, weights
+from cass import clip_vit, dino_input, dino_keys, random_weights, weights
 from cass.build import build_model
 from cass.config import ConfigError
 from cass.constants import OPENAI_CLIP_ARCHS, OPENAI_CLIP_URLS, VFM_GATED_FILES, VFM_URLS
@@ -64,8 +64,8 @@ def test_every_vfm_has_one_release_and_clip_heads_pair():
     for vfm in VFMS:
         assert (vfm in VFM_URLS) != (vfm in VFM_GATED_FILES)
     assert sorted(OPENAI_CLIP_URLS) == CLIPS
-    assert {arch: build.clip_heads(arch) for arch in CLIPS} == {"ViT-B/16": 12, "ViT-L/14": 16, "ViT-L/14@336px": 16}
-    pairs = build.head_pairings()
+    assert {arch: weights.clip_heads(arch) for arch in CLIPS} == {"ViT-B/16": 12, "ViT-L/14": 16, "ViT-L/14@336px": 16}
+    pairs = weights.head_pairings()
     assert pairs["ViT-B/16"] == ["dino_vitb8", "dino_vitb16", "dinov2_vitb14", "dinov2_vitb14_reg4", "dinov3_vitb16"]
     assert pairs["ViT-L/14"] == pairs["ViT-L/14@336px"] == ["dinov2_vitl14", "dinov2_vitl14_reg4", "dinov3_vitl16"]
 
