@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Evaluate CASS on the paper's eight benchmarks, then tabulate mIoU against the
-# published numbers.
+# Evaluate CASS (or one of the training-free baselines) on the paper's eight
+# benchmarks, then tabulate mIoU against the published numbers.
 #
 #   bash eval_all.sh                  # GPU 0, one benchmark after another
 #   bash eval_all.sh 0,1,2,3          # four GPUs, one benchmark per GPU at a time
 #   GPUS=0,1 bash eval_all.sh         # the same through the environment
 #   bash eval_all.sh 0,1 --pamr on    # further arguments go to every eval.py run
+#   bash eval_all.sh --method sclip   # a baseline (or METHOD=sclip): clip, maskclip, sclip,
+#                                     # clearclip, naclip, proxyclip; cass is the default
+#   bash eval_all.sh --method sclip --protocol cass   # with CASS's settings instead of SCLIP's
 #
-# Per benchmark: $WORK_ROOT/cfg_<name>/{metrics.json, eval.log} (WORK_ROOT
-# defaults to work_dirs). At the end: $WORK_ROOT/summary.md and summary.csv.
+# A baseline runs with its published settings on each benchmark (windows,
+# resize, logit scale, thresholds: configs/methods.py), or with --protocol cass
+# with the benchmark configs' settings. Per benchmark:
+# $WORK_ROOT/cfg_<name>/{metrics.json, eval.log} (WORK_ROOT defaults to
+# work_dirs; a baseline writes to $WORK_ROOT/<method>/). At the end:
+# summary.md and summary.csv there, with the method's published numbers.
 # Fail-fast: the first failing benchmark stops the others and the script exits 1.
 # PYTHON picks the interpreter (default: python).
 set -euo pipefail
@@ -19,19 +26,52 @@ if [[ $# -gt 0 && $1 =~ ^[0-9]+(,[0-9]+)*$ ]]; then
   gpus=$1
   shift
 fi
+method=${METHOD:-cass}
+protocol=${PROTOCOL:-published}
+extra=()
+while (( $# )); do
+  case $1 in
+    --method) method=${2:?--method needs a value}; shift 2 ;;
+    --method=*) method=${1#--method=}; shift ;;
+    --protocol) protocol=${2:?--protocol needs a value}; shift 2 ;;
+    --protocol=*) protocol=${1#--protocol=}; shift ;;
+    *) extra+=("$1"); shift ;;
+  esac
+done
+set -- "${extra[@]+"${extra[@]}"}"
 IFS=, read -r -a gpu_list <<< "$gpus"
 work_root=${WORK_ROOT:-work_dirs}
 python=${PYTHON:-python}
+if [[ $method != cass ]]; then
+  work_root=$work_root/$method
+fi
 # The paper's column order.
 benchmarks=(voc21 context60 coco_object voc20 context59 coco_stuff164k city_scapes ade20k)
+# The method's overrides per benchmark (checked before anything runs).
+declare -A method_options
+for name in "${benchmarks[@]}"; do
+  if ! options=$("$python" configs/methods.py "$method" "cfg_$name" "$protocol"); then
+    echo "eval_all: no settings for method '$method' with protocol '$protocol'" >&2
+    exit 1
+  fi
+  method_options[$name]=$options
+done
 
 run_benchmark() {  # gpu name [eval.py args...]
-  local gpu=$1 name=cfg_$2
+  local gpu=$1 name=cfg_$2 key=$2
   shift 2
   local log=$work_root/$name/eval.log
   mkdir -p "$work_root/$name"
   echo "eval_all: [gpu $gpu] $name"
-  local cmd=("$python" eval.py --config "configs/$name.py" --work-dir "$work_root/$name" "$@")
+  local options=()
+  if [[ -n ${method_options[$key]} ]]; then
+    mapfile -t options <<< "${method_options[$key]}"
+  fi
+  local cmd=("$python" eval.py --config "configs/$name.py" --work-dir "$work_root/$name")
+  if (( ${#options[@]} )); then
+    cmd+=(--cfg-options "${options[@]}")
+  fi
+  cmd+=("$@")  # after the method's overrides: a --cfg-options here wins
   if (( ${#gpu_list[@]} == 1 )); then
     CUDA_VISIBLE_DEVICES=$gpu "${cmd[@]}" 2>&1 | tee "$log" && return 0
   else
@@ -71,5 +111,6 @@ for _ in "${pids[@]}"; do
 done
 
 # As a script, not `-m cass.summary`: the summary needs only the standard library.
-"$python" cass/summary.py "$work_root" --markdown "$work_root/summary.md" --csv "$work_root/summary.csv"
+"$python" cass/summary.py "$work_root" --method "$method" --markdown "$work_root/summary.md" \
+  --csv "$work_root/summary.csv"
 echo "eval_all: summary in $work_root/summary.md and $work_root/summary.csv"

@@ -320,3 +320,41 @@ def test_eval_all_stops_the_other_gpus(eval_all, tmp_path):
     assert result.returncode == 1 and time.monotonic() - start < 20
     assert "eval_all: stopped after a failure" in result.stderr
     assert not (tmp_path / "work" / "cfg_voc21" / "metrics.json").exists()  # killed while running
+
+
+def test_summary_compares_with_the_methods_published_numbers(tmp_path, capsys):
+    write_metrics(tmp_path, {"cfg_voc21": 60.1, "cfg_ade20k": 16.0})
+    assert summary.main([str(tmp_path), "--method", "sclip"]) == 0
+    markdown = capsys.readouterr().out
+    assert markdown.startswith("| benchmark | config | mIoU (sclip) | paper (sclip) | diff |")
+    assert "| VOC21 | cfg_voc21 | 60.10 | 59.10 | +1.00 |" in markdown
+    assert "| ADE20K | cfg_ade20k | 16.00 | 16.10 | -0.10 |" in markdown
+    assert "| average |  | missing | 38.16 |  |" in markdown  # SCLIP's Table 1 average: 38.2
+    full = tmp_path / "full"
+    write_metrics(full, {config: 30.0 for config in summary.BENCHMARKS})
+    table = summary.rows(summary.collect(full), "proxyclip")  # ProxyCLIP's per-benchmark numbers: not found
+    assert table[-1] == dict(benchmark="average", config="", mIoU=30.0, paper=None, diff=None)
+    assert "| VOC21 | cfg_voc21 | 30.00 | not found |  |" in summary.to_markdown(table, "proxyclip")
+    for method, published in summary.PUBLISHED_MIOU.items():
+        assert list(published) == list(summary.BENCHMARKS), method
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        summary.rows({}, "nope")
+
+
+def test_eval_all_runs_a_method_with_its_published_settings(eval_all, tmp_path):
+    result, calls = eval_all("--method", "sclip", "--pamr", "off", GPUS="2")
+    assert result.returncode == 0, result.stderr
+    assert len(calls) == 8
+    voc21 = next(c for c in calls if c.startswith("cfg_voc21 "))
+    assert voc21 == ("cfg_voc21 gpu=2 --cfg-options model.method=sclip model.slide_crop=224 model.slide_stride=112 "
+                     "model.logit_scale=65 model.prob_thd=0.1 model.area_thd=0.1 "
+                     "test_dataloader.dataset.pipeline.1.scale=(2048,336) --pamr off")
+    markdown = (tmp_path / "work" / "sclip" / "summary.md").read_text()
+    assert "| VOC21 | cfg_voc21 | 50.00 | 59.10 | -9.10 |" in markdown
+    # CASS's settings for every method; METHOD from the environment
+    result, calls = eval_all(METHOD="naclip", PROTOCOL="cass")
+    assert result.returncode == 0, result.stderr
+    assert "cfg_voc21 gpu=0 --cfg-options model.method=naclip" in calls
+    result, _ = eval_all("--method", "segformer")
+    assert result.returncode == 1
+    assert "eval_all: no settings for method 'segformer' with protocol 'published'" in result.stderr
