@@ -24,6 +24,9 @@ from cass import summary
 from cass.mmseg.evaluation import SegResultWriter, colourise
 
 REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("method_protocols", REPO / "configs" / "methods.py")
+method_protocols = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(method_protocols)
 TINY_OPTIONS = [f"model.vfm_overrides.{key}={value}" for key, value in TINY_VFM.items()]
 
 
@@ -358,3 +361,42 @@ def test_eval_all_runs_a_method_with_its_published_settings(eval_all, tmp_path):
     result, _ = eval_all("--method", "segformer")
     assert result.returncode == 1
     assert "eval_all: no settings for method 'segformer' with protocol 'published'" in result.stderr
+
+
+# ---------------------------------------------------------------- every method through eval.py
+BASELINES = ["clip", "maskclip", "sclip", "clearclip", "naclip", "proxyclip"]
+
+
+@pytest.fixture(scope="module")
+def method_runs(tmp_path_factory):
+    """eval.py with each baseline's published VOC21 settings (configs/methods.py), on one image, all at once."""
+    tmp = tmp_path_factory.mktemp("method_runs")
+    data = voc_layout(tmp / "VOC2012", names=["2007_000032"], labels=[block_label([0, 15, 8])])
+    clip, dino = write_clip_state_dict(tmp / "clip.pt"), write_dino_checkpoint(tmp / "dino.pth")
+    runs = []
+    for method in BASELINES:
+        options = method_protocols.cfg_options(method, "cfg_voc21")
+        runs.append(["--config", "configs/cfg_voc21.py", "--data-root", data, "--clip-path", clip, "--dino-path", dino,
+                     "--work-dir", tmp / method, "--save-preds", tmp / method / "preds",
+                     "--cfg-options", *options, *TINY_OPTIONS, "model.text_cache_dir=False",
+                     "test_dataloader.num_workers=0"])
+    results = run_eval_parallel(runs, tmp, timeout=600)
+    return dict(tmp=tmp, data=data, results=dict(zip(BASELINES, results)))
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_eval_runs_every_method(method, method_runs):
+    tmp, data, result = method_runs["tmp"], method_runs["data"], method_runs["results"][method]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    record = json.loads((tmp / method / "preds" / "cass_run.json").read_text())
+    published = method_protocols.PROTOCOLS[method]["cfg_voc21"]
+    assert record["model"]["method"] == method
+    assert record["model"]["slide_crop"] == published["slide_crop"]
+    assert record["model"]["prob_thd"] == published["prob_thd"]
+    assert record["pipeline"][1]["scale"] == [2048, published["short_side"]]
+    label = np.asarray(Image.open(data / "SegmentationClass" / "2007_000032.png"))
+    pred = np.asarray(Image.open(tmp / method / "preds" / "2007_000032.png"))
+    assert pred.shape == label.shape == (64, 96)
+    expected, _ = numpy_metrics([label], [pred], 21)
+    report = json.loads((tmp / method / "metrics.json").read_text())
+    assert report["images"] == 1 and report["mIoU"] == pytest.approx(expected["mIoU"], abs=0.006)
