@@ -1,4 +1,4 @@
-"""Time CASS with full-size random-weight models: throughput, memory, stages.
+"""Time CASS (or a training-free baseline) with full-size random-weight models: throughput, memory, stages.
 
 Builds CLIP ViT-B/16 (open_clip's ``ViT-B-16-quickgelu`` architecture, random
 weights, loaded through :func:`cass.weights.clip_from_state_dict` like an
@@ -18,7 +18,10 @@ Modes:
   cold, then from the on-disk cache, and the released design (full 77-token
   context, one class at a time) on a few classes, extrapolated.
 
-Settings come from a benchmark config (default: ``configs/cfg_ade20k.py``).
+Settings come from a benchmark config (default: ``configs/cfg_ade20k.py``);
+``--method`` times a baseline of :mod:`cass.methods` (``sclip``, ``proxyclip``,
+...) the same way, through the same stages (its attention counts as
+``spectral``, ProxyCLIP's VFM features as ``dino``).
 Times are medians over ``--repeats`` after ``--warmup`` runs. The stage
 breakdown comes from separate runs observed through the model's own named
 stages (:mod:`cass.stages`), with ``torch.cuda.synchronize`` at every
@@ -31,6 +34,7 @@ Examples::
     python benchmark.py --config configs/cfg_voc21.py --size 336 500
     python benchmark.py --config configs/cfg_ade20k.py --random-text --num-classes 1000
     python benchmark.py --mode text --config configs/cfg_ade20k.py
+    python benchmark.py --method naclip --config configs/cfg_ade20k.py --repeats 3
     python benchmark.py --device cuda --precision fp16 --config configs/cfg_ade20k.py \
         --batch-size 16 --warmup 3 --repeats 10 --check-agreement
 """
@@ -64,7 +68,7 @@ from cass import stages
 from cass import text as text_module
 from cass.api import DEFAULT_CONFIG, MMSEG_KEYS, load_config
 from cass.bench import reference_loop
-from cass.config import CASSConfig
+from cass.config import METHODS, CASSConfig
 from cass.constants import CLIP_MEAN, CLIP_STD
 from cass.dino_keys import VFM_SPECS
 from cass.model import CASSModel, image_boxes
@@ -374,8 +378,8 @@ def format_report(results: dict) -> str:
               + (f", {m['gemm_gflops_end']} at end" if "gemm_gflops_end" in m else "")]
     if "setting" in results:
         s = results["setting"]
-        lines.append(f"setting: {s['source']}; image {s['size'][0]}x{s['size'][1]} -> {s['crops']} "
-                     f"{s['crop_desc']}, output {s['ori_size'][0]}x{s['ori_size'][1]}; {s['classes']} classes "
+        lines.append(f"setting: {s['source']}, method {s['method']}; image {s['size'][0]}x{s['size'][1]} -> "
+                     f"{s['crops']} {s['crop_desc']}, output {s['ori_size'][0]}x{s['ori_size'][1]}; {s['classes']} classes "
                      f"({s['queries']} queries, {s['clusters']} clusters; vocabulary: {s['vocabulary']}); "
                      f"{s['precision']}, {s['batch_size']} image(s) per call, device {s['device']}")
     for key in ("fast", "reference-loop"):
@@ -423,6 +427,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="what to time (default: fast)")
     parser.add_argument("--config", default=None,
                         help="benchmark config whose model settings to use (default: configs/cfg_ade20k.py)")
+    parser.add_argument("--method", choices=METHODS, default=None,
+                        help="last block to time: cass or a baseline (default: the config's, i.e. cass); "
+                             "the same as --cfg-options method=NAME")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None, metavar="KEY=VALUE",
                         help="override segmentor settings, e.g. slide_crop=0 for whole-image inference")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")
@@ -471,6 +478,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--device cuda: CUDA is not available on this machine")
     if args.config is not None and not Path(args.config).is_file():
         parser.error(f"--config: no such file: {args.config}")
+    if args.method is not None:
+        args.cfg_options = {**(args.cfg_options or {}), "method": args.method}
+    method = (args.cfg_options or {}).get("method", "cass")
+    if method != "cass" and args.mode in ("reference-loop", "both"):
+        parser.error(f"--mode {args.mode}: the released code's structure exists for CASS only, not {method!r}")
     return args
 
 
@@ -505,7 +517,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
     crops = len(image_boxes(h, w, model.config))
     crop_desc = ("whole-image pass" if window.whole_image else
                  f"crops of {window.slide_crop} (stride {window.slide_stride})")
-    results["setting"] = dict(source=source, settings=settings, size=list(args.size),
+    results["setting"] = dict(source=source, method=model.config.method.name, settings=settings,
+                              size=list(args.size),
                               ori_size=list(args.ori_size or args.size), crops=crops, crop_desc=crop_desc,
                               classes=model.num_classes, queries=len(model.vocabulary.queries),
                               clusters=int(clusters.max()) + 1,

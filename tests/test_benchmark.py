@@ -152,3 +152,23 @@ def test_main_rejects_bad_arguments(capsys):
         benchmark.main(["--repeats", "0"])
     assert exit_info.value.code == 2
     assert "--repeats must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method, stages", [("naclip", ("clip", "spectral", "text", "post")),
+                                            ("proxyclip", ("clip", "dino", "spectral", "text", "post"))])
+def test_main_times_a_baseline_through_the_same_stages(method, stages, tmp_path, capsys):
+    out = tmp_path / "result.json"
+    argv = ["--tiny", "--method", method, "--size", "224", "336", "--num-classes", "4", "--repeats", "1",
+            "--warmup", "0", "--breakdown-repeats", "1", "--json", str(out)]
+    assert benchmark.main(argv) == 0
+    assert f"method {method};" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["setting"]["method"] == method and result["setting"]["settings"]["method"] == method
+    timed = result["fast"]["stages_ms_per_image"]
+    assert all(timed[k] > 0 for k in stages)
+    if method == "naclip":
+        assert timed["dino"] == 0  # no VFM in a CLIP-only baseline
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["--tiny", "--method", method, "--mode", "both"])
+    assert exit_info.value.code == 2
+    assert "the released code's structure exists for CASS only" in capsys.readouterr().err
