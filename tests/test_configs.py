@@ -115,3 +115,52 @@ assert 'cass.mmseg' in sys.modules
     for name, (dataset_type, *_, flags) in BENCHMARKS.items():
         classes = len(DATASETS.get(dataset_type).METAINFO["classes"])
         assert built[name] == ["CASSSegmentor", classes, flags.get("slide_crop", 224), flags.get("eigenscaling", True)]
+
+
+def _method_protocols():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("method_protocols", CONFIGS / "methods.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_method_protocols_merge_into_every_benchmark_config():
+    """Each method's published settings are valid overrides of every benchmark config."""
+    from mmengine.config import DictAction
+
+    from cass.config import METHODS, CASSConfig
+
+    protocols = _method_protocols()
+    assert set(protocols.PROTOCOLS) == set(METHODS)
+    assert protocols.BENCHMARKS == tuple(f"cfg_{name}" for name in
+                                         ("voc21", "context60", "coco_object", "voc20", "context59",
+                                          "coco_stuff164k", "city_scapes", "ade20k"))
+    for name in BENCHMARKS:
+        assert protocols.cfg_options("cass", f"cfg_{name}") == []  # the benchmark configs are CASS's protocol
+    for method in METHODS[1:]:
+        for name in ("voc21", "city_scapes"):
+            cfg = Config.fromfile(str(CONFIGS / f"cfg_{name}.py"))
+            options = protocols.cfg_options(method, f"cfg_{name}")
+            cfg.merge_from_dict({k: DictAction._parse_iterable(v) for k, v in (o.split("=", 1) for o in options)})
+            published = protocols.PROTOCOLS[method][f"cfg_{name}"]
+            assert cfg.model.method == method
+            assert tuple(cfg.test_dataloader.dataset.pipeline[1].scale) == (2048, published["short_side"])
+            assert cfg.test_dataloader.dataset.pipeline[1].type == "Resize"
+            keys = {k: v for k, v in cfg.model.items() if k not in
+                    ("type", "clip_path", "vfm", "dino_path", "name_path")}
+            config = CASSConfig.from_keys(keys)  # every override is a model setting
+            assert config.window.slide_crop == published["slide_crop"]
+            assert config.output.prob_thd == published["prob_thd"]
+            assert config.output.logit_scale == published["logit_scale"]
+        assert protocols.cfg_options(method, "cfg_voc21", "cass") == [f"model.method={method}"]
+    sclip = protocols.PROTOCOLS["sclip"]
+    assert (sclip["cfg_voc21"]["area_thd"], sclip["cfg_voc21"]["logit_scale"]) == (0.1, 65)
+    assert sclip["cfg_coco_stuff164k"]["short_side"] == 448
+    assert protocols.PROTOCOLS["naclip"]["cfg_voc20"]["slide_crop"] == 0
+    assert protocols.PROTOCOLS["clearclip"]["cfg_ade20k"]["slide_crop"] == 448
+    with pytest.raises(KeyError, match="unknown method"):
+        protocols.cfg_options("segformer", "cfg_voc21")
+    result = subprocess.run([sys.executable, str(CONFIGS / "methods.py"), "naclip", "cfg_voc20"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "model.slide_crop=0" in result.stdout.splitlines()
