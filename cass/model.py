@@ -130,9 +130,10 @@ class CASSModel(nn.Module):
         if self.vfm is not None and method == "cass":
             heads = (self.vfm.blocks[-1].attn.num_heads, self.clip.visual.transformer.resblocks[-1].attn.num_heads)
             if heads[0] != heads[1]:
-                raise ConfigError(f"the VFM's last block has {heads[0]} heads and CLIP's {heads[1]}: "
-                                  "CASS pairs heads one to one")
-        self._text: tuple[Tensor, Tensor] | None = None
+                fits = ", ".join(name for name, spec in VFM_SPECS.items() if spec.num_heads == heads[1])
+                raise ConfigError(f"the VFM's last block has {heads[0]} heads and CLIP's {heads[1]}: CASS pairs "
+                                  f"heads one to one (public VFMs with {heads[1]} heads: {fits or 'none'})")
+        self._text: tuple[Tensor, Tensor, int] | None = None
         self.set_vocabulary(vocabulary)
         self._set_precision()
 
@@ -194,7 +195,7 @@ class CASSModel(nn.Module):
             with self._tf32("clip"):
                 feats = text.query_embeddings(self.clip, self.vocabulary.queries, cache_dir=self.text_cache_dir)
             self._use_text(feats)
-        return self._text
+        return self._text[:2]
 
     def set_text_embeddings(self, embeddings: Tensor) -> None:
         """Use these (Q, E) L2-normalised query embeddings instead of the text
@@ -207,7 +208,8 @@ class CASSModel(nn.Module):
 
     def _use_text(self, feats: Tensor) -> None:
         clusters = text.query_clusters(feats, self.config.text.h_threshold)
-        self._text = (feats.to(self.device), torch.as_tensor(clusters, device=self.device))
+        # the count is kept on the host: reading it from the GPU tensor per batch would wait for the GPU
+        self._text = (feats.to(self.device), torch.as_tensor(clusters, device=self.device), int(clusters.max()) + 1)
 
     # ------------------------------------------------------------------ parts
     def _tf32(self, tower: str) -> contextlib.AbstractContextManager:
@@ -311,6 +313,7 @@ class CASSModel(nn.Module):
             refinement (the baselines).
         """
         text_feats, clusters = self.text_state()
+        num_clusters = self._text[2]
         visual = self.clip.visual
         refines = self.config.method.refines_text
         with stage("clip"), self._tf32("clip"):
@@ -328,7 +331,7 @@ class CASSModel(nn.Module):
         with stage("text"):
             if refines:
                 presence = image_embeddings.float() @ text_feats.T
-                refined = text.refine_text(feats, text_feats, presence, clusters, self.config.text)
+                refined = text.refine_text(feats, text_feats, presence, clusters, self.config.text, num_clusters)
                 logits = text.class_logits(feats, refined, presence, self.config.text)  # (B, N, Q)
             else:
                 logits = feats @ text_feats.T

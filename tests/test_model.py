@@ -1,6 +1,7 @@
 """The CASS model end to end with tiny random models (no mmseg)."""
 
 import pytest
+import timm
 import torch
 from conftest import model_keys, tiny_clip, tiny_dino
 
@@ -207,3 +208,20 @@ def test_energy_threshold_reaches_the_energy_rule(build, strategy):
     loose = predict(build(attn_strategy=strategy, low_rank=None, energy_threshold=0.95), img).probs
     tight = predict(build(attn_strategy=strategy, low_rank=None, energy_threshold=0.3), img).probs
     assert not torch.allclose(loose, tight)
+
+
+def test_mismatched_heads_name_the_public_vfms_that_fit():
+    """CASS pairs heads one to one: a 12-head CLIP with a 2-head VFM is refused, naming the 12-head VFMs."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    clip = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=1, width=768, patch_size=16, image_size=224),
+                text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1),
+                quick_gelu=True)
+    with pytest.raises(ConfigError) as err:
+        CASSModel(clip, tiny_dino(), Vocabulary.from_classes(["cat"]), text_cache_dir=False)
+    message = str(err.value)
+    assert "\n" not in message and "2 heads and CLIP's 12" in message
+    assert "public VFMs with 12 heads: dino_vitb8, dino_vitb16, dinov2_vitb14" in message
+    with pytest.raises(ConfigError, match="public VFMs with 2 heads: none"):
+        CASSModel(tiny_clip(), timm.create_model("vit_base_patch8_224", pretrained=False, num_classes=0,
+                                                 embed_dim=96, depth=1, num_heads=3),
+                  Vocabulary.from_classes(["cat"]), text_cache_dir=False)

@@ -103,3 +103,15 @@ def test_refine_text_against_loop():
         torch.testing.assert_close(fast[b], slow_refine(feats[b], txt, presence[b], clusters, 0.3))
     logits = text.class_logits(feats, fast, presence, TextConfig(global_semantics_weight=0.2))
     torch.testing.assert_close(logits[1], 0.8 * feats[1] @ fast[1].T + 0.2 * presence[1][None])
+
+
+def test_refine_text_with_the_cluster_count_given():
+    """The model passes the cluster count it keeps on the host; the result is the same as reading it."""
+    g = torch.Generator().manual_seed(2)
+    feats = F.normalize(torch.randn(2, 30, 8, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(7, 8, generator=g), dim=-1)
+    presence = torch.randn(2, 7, generator=g)
+    clusters = torch.tensor([2, 0, 1, 0, 2, 3, 1])
+    cfg = TextConfig(mean_vector_weight=0.3)
+    assert torch.equal(text.refine_text(feats, txt, presence, clusters, cfg, num_clusters=4),
+                       text.refine_text(feats, txt, presence, clusters, cfg))
