@@ -82,13 +82,23 @@ run_benchmark() {  # gpu name [eval.py args...]
   return 1
 }
 
+# Each worker leaves a file saying how it ended: with job control on, bash may
+# drop the status of a job that ends between two `wait -n` (127, "no children"),
+# so the statuses are read from these files, not from `wait`.
+status_dir=$(mktemp -d)
+trap 'rm -rf "$status_dir"' EXIT
+
 worker() {  # k [eval.py args...]: benchmarks k, k + #gpus, ... on the k-th GPU
   local k=$1
   shift
   local i
   for (( i = k; i < ${#benchmarks[@]}; i += ${#gpu_list[@]} )); do
-    run_benchmark "${gpu_list[k]}" "${benchmarks[i]}" "$@" || return 1
+    if ! run_benchmark "${gpu_list[k]}" "${benchmarks[i]}" "$@"; then
+      : > "$status_dir/failed.$k"
+      return 1
+    fi
   done
+  : > "$status_dir/done.$k"
 }
 
 # Job control: each worker gets its own process group, so a failure can stop
@@ -100,12 +110,20 @@ for k in "${!gpu_list[@]}"; do
   pids+=("$!")
 done
 for _ in "${pids[@]}"; do
-  if ! wait -n; then
+  wait -n || true  # a worker ended (or none is left)
+  if compgen -G "$status_dir/failed.*" > /dev/null; then
     for pid in "${pids[@]}"; do
       kill -- "-$pid" 2> /dev/null || true
     done
     wait || true
     echo "eval_all: stopped after a failure" >&2
+    exit 1
+  fi
+done
+wait || true
+for k in "${!gpu_list[@]}"; do
+  if [[ ! -e $status_dir/done.$k ]]; then
+    echo "eval_all: the worker of gpu ${gpu_list[k]} ended without finishing its benchmarks (killed?)" >&2
     exit 1
   fi
 done
