@@ -3,7 +3,8 @@
 Builds CLIP ViT-B/16 (open_clip's ``ViT-B-16-quickgelu`` architecture, random
 weights, loaded through :func:`cass.weights.clip_from_state_dict` like an
 OpenAI checkpoint) and DINO ViT-B/8 (:mod:`cass.random_weights`), so nothing
-is downloaded; ``--clip-weights``/``--dino-weights``
+is downloaded; ``--clip`` and ``--vfm`` choose other backbones
+(``docs/backbones.md``), ``--clip-weights``/``--dino-weights``
 load real checkpoints instead. Random weights cost the same time as real
 ones; only label agreement depends on the weights.
 
@@ -35,6 +36,7 @@ Examples::
     python benchmark.py --config configs/cfg_ade20k.py --random-text --num-classes 1000
     python benchmark.py --mode text --config configs/cfg_ade20k.py
     python benchmark.py --method naclip --config configs/cfg_ade20k.py --repeats 3
+    python benchmark.py --clip ViT-L/14 --vfm dinov2_vitl14_reg4 --config configs/cfg_ade20k.py
     python benchmark.py --device cuda --precision fp16 --config configs/cfg_ade20k.py \
         --batch-size 16 --warmup 3 --repeats 10 --check-agreement
 """
@@ -69,7 +71,7 @@ from cass import text as text_module
 from cass.api import DEFAULT_CONFIG, MMSEG_KEYS, load_config
 from cass.bench import reference_loop
 from cass.config import METHODS, CASSConfig
-from cass.constants import CLIP_MEAN, CLIP_STD
+from cass.constants import CLIP_MEAN, CLIP_STD, OPENAI_CLIP_ARCHS
 from cass.dino_keys import VFM_SPECS
 from cass.model import CASSModel, image_boxes
 from cass.random_weights import random_clip, random_dino
@@ -83,20 +85,20 @@ STAGES = {**stages.STAGES, "other": "other (batching, bookkeeping)"}
 
 
 # ---------------------------------------------------------------------------- models
-def build_clip(tiny: bool = False, weights: str | None = None, seed: int = 0) -> nn.Module:
-    """CLIP ViT-B/16 with random weights (or ``weights``), through the OpenAI-format loader.
+def build_clip(tiny: bool = False, weights: str | None = None, seed: int = 0, arch: str = "ViT-B/16") -> nn.Module:
+    """CLIP ``arch`` with random weights (or ``weights``), through the OpenAI-format loader.
 
     ``tiny``: the test suite's tiny CLIP (2 layers, width 128, 32-d output).
     """
     if weights is not None:
         return load_clip(weights)
-    return clip_from_state_dict(random_clip(tiny, seed).state_dict(), "random-weight CLIP")
+    return clip_from_state_dict(random_clip(tiny, seed, arch).state_dict(), f"random-weight CLIP {arch}")
 
 
-def build_dino(tiny: bool = False, weights: str | None = None, seed: int = 0) -> nn.Module:
-    """DINO ViT-B/8 (timm) with random weights (or ``weights``); ``tiny``: 2 layers, width 128."""
-    model = random_dino(tiny, seed)
-    return model if weights is None else load_vfm("dino_vitb8", weights, model)
+def build_dino(tiny: bool = False, weights: str | None = None, seed: int = 0, vfm: str = "dino_vitb8") -> nn.Module:
+    """The VFM ``vfm`` (timm) with random weights (or ``weights``); ``tiny``: 2 layers, width 128."""
+    model = random_dino(tiny, seed, vfm)
+    return model if weights is None else load_vfm(vfm, weights, model)
 
 
 def model_settings(config: str | None, overrides: dict | None) -> tuple[dict, str | None, str]:
@@ -147,10 +149,10 @@ def random_text_embeddings(count: int, dim: int, seed: int = 0) -> torch.Tensor:
 
 
 def build_model(clip: nn.Module, dino: nn.Module, settings: dict, classes: list[str], precision: str,
-                crop_batch_size: int, text_cache_dir: str | None) -> CASSModel:
+                crop_batch_size: int, text_cache_dir: str | None, vfm: str = "dino_vitb8") -> CASSModel:
     """The CASS model on CPU; ``precision`` for both towers."""
     config = CASSConfig.from_keys({**settings, "precision": precision, "crop_batch_size": crop_batch_size})
-    return CASSModel(clip, dino, Vocabulary.from_classes(classes), config, VFM_SPECS["dino_vitb8"], text_cache_dir)
+    return CASSModel(clip, dino, Vocabulary.from_classes(classes), config, VFM_SPECS[vfm], text_cache_dir)
 
 
 # ---------------------------------------------------------------------------- timing
@@ -378,7 +380,7 @@ def format_report(results: dict) -> str:
               + (f", {m['gemm_gflops_end']} at end" if "gemm_gflops_end" in m else "")]
     if "setting" in results:
         s = results["setting"]
-        lines.append(f"setting: {s['source']}, method {s['method']}; image {s['size'][0]}x{s['size'][1]} -> "
+        lines.append(f"setting: {s['source']}, method {s['method']}, CLIP {s['clip']} + {s['vfm']}; image {s['size'][0]}x{s['size'][1]} -> "
                      f"{s['crops']} {s['crop_desc']}, output {s['ori_size'][0]}x{s['ori_size'][1]}; {s['classes']} classes "
                      f"({s['queries']} queries, {s['clusters']} clusters; vocabulary: {s['vocabulary']}); "
                      f"{s['precision']}, {s['batch_size']} image(s) per call, device {s['device']}")
@@ -461,8 +463,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--text-reference-classes", type=int, default=5,
                         help="--mode text: classes timed with the released design, extrapolated (default: 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--clip-weights", default=None, help="real CLIP ViT-B/16 checkpoint instead of random")
-    parser.add_argument("--dino-weights", default=None, help="real DINO ViT-B/8 checkpoint instead of random")
+    parser.add_argument("--clip", choices=tuple(OPENAI_CLIP_ARCHS), default="ViT-B/16",
+                        help="CLIP backbone (default: ViT-B/16)")
+    parser.add_argument("--vfm", choices=tuple(VFM_SPECS), default=None,
+                        help="VFM backbone (default: the config's vfm, else dino_vitb8; docs/backbones.md)")
+    parser.add_argument("--clip-weights", default=None, help="real CLIP checkpoint of --clip instead of random")
+    parser.add_argument("--dino-weights", default=None, help="real checkpoint of --vfm instead of random")
     parser.add_argument("--tiny", action="store_true", help="tiny random models (tests, smoke runs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and images (default: 0)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -483,6 +489,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     method = (args.cfg_options or {}).get("method", "cass")
     if method != "cass" and args.mode in ("reference-loop", "both"):
         parser.error(f"--mode {args.mode}: the released code's structure exists for CASS only, not {method!r}")
+    option_vfm = (args.cfg_options or {}).pop("vfm", None)
+    if args.vfm is None:
+        args.vfm = option_vfm or load_config(args.config).model.get("vfm", "dino_vitb8")
+    if args.vfm not in VFM_SPECS:
+        parser.error(f"vfm {args.vfm!r}: choose one of {', '.join(VFM_SPECS)}")
+    if args.mode in ("reference-loop", "both") and VFM_SPECS[args.vfm].num_prefix_tokens != 1:
+        parser.error(f"--mode {args.mode}: the released code's structure exists for VFMs with a CLS token only "
+                     f"(DINO, DINOv2 without registers), not {args.vfm!r}")
     return args
 
 
@@ -494,7 +508,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     results: dict = dict(command=command, machine=machine_info(device))
     settings, name_path, source = model_settings(args.config, args.cfg_options)
     classes, vocab_source = vocabulary(args.num_classes, name_path)
-    clip = build_clip(args.tiny, args.clip_weights, args.seed)
+    clip = build_clip(args.tiny, args.clip_weights, args.seed, args.clip)
     if args.mode == "text":
         queries = text_module.parse_vocabulary(classes)[0]
         results["text"] = text_benchmark(clip.to(device), queries, args.text_reference_classes)
@@ -502,9 +516,9 @@ def run(args: argparse.Namespace, command: str) -> dict:
                                   gemm_gflops_end=gemm_gflops(device))
         return results
 
-    dino = build_dino(args.tiny, args.dino_weights, args.seed)
+    dino = build_dino(args.tiny, args.dino_weights, args.seed, args.vfm)
     model = build_model(clip, dino, settings, classes, args.precision, args.crop_batch_size,
-                        args.text_cache_dir).to(device)
+                        args.text_cache_dir, args.vfm).to(device)
     start = time.perf_counter()
     if args.random_text:
         vocab_source += ", random text embeddings"
@@ -517,7 +531,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
     crops = len(image_boxes(h, w, model.config))
     crop_desc = ("whole-image pass" if window.whole_image else
                  f"crops of {window.slide_crop} (stride {window.slide_stride})")
-    results["setting"] = dict(source=source, method=model.config.method.name, settings=settings,
+    results["setting"] = dict(source=source, method=model.config.method.name, clip=args.clip, vfm=args.vfm,
+                              settings=settings,
                               size=list(args.size),
                               ori_size=list(args.ori_size or args.size), crops=crops, crop_desc=crop_desc,
                               classes=model.num_classes, queries=len(model.vocabulary.queries),

@@ -161,7 +161,7 @@ def test_main_times_a_baseline_through_the_same_stages(method, stages, tmp_path,
     argv = ["--tiny", "--method", method, "--size", "224", "336", "--num-classes", "4", "--repeats", "1",
             "--warmup", "0", "--breakdown-repeats", "1", "--json", str(out)]
     assert benchmark.main(argv) == 0
-    assert f"method {method};" in capsys.readouterr().out
+    assert f"method {method}, CLIP ViT-B/16 + dino_vitb8;" in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["setting"]["method"] == method and result["setting"]["settings"]["method"] == method
     timed = result["fast"]["stages_ms_per_image"]
@@ -172,3 +172,20 @@ def test_main_times_a_baseline_through_the_same_stages(method, stages, tmp_path,
         benchmark.main(["--tiny", "--method", method, "--mode", "both"])
     assert exit_info.value.code == 2
     assert "the released code's structure exists for CASS only" in capsys.readouterr().err
+
+
+def test_main_times_other_backbones(tmp_path, capsys):
+    """--clip and --vfm: another pair through the same loader and stages; the released structure is refused
+    for a VFM with register tokens."""
+    out = tmp_path / "result.json"
+    argv = ["--tiny", "--clip", "ViT-L/14", "--vfm", "dinov3_vitl16", "--size", "224", "336", "--num-classes", "4",
+            "--repeats", "1", "--warmup", "0", "--breakdown-repeats", "1", "--json", str(out)]
+    assert benchmark.main(argv) == 0
+    assert "method cass, CLIP ViT-L/14 + dinov3_vitl16;" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert (result["setting"]["clip"], result["setting"]["vfm"]) == ("ViT-L/14", "dinov3_vitl16")
+    assert all(result["fast"]["stages_ms_per_image"][k] > 0 for k in ("clip", "dino", "spectral", "text", "post"))
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["--tiny", "--vfm", "dinov2_vitb14_reg4", "--mode", "both"])
+    assert exit_info.value.code == 2
+    assert "for VFMs with a CLS token only" in capsys.readouterr().err
