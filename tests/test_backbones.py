@@ -4,6 +4,7 @@ Tiny random models keep each backbone's patch size, image size, prefix tokens
 and positional scheme (2 layers, width 128, 2 heads); the base-size models are
 also built, written and loaded at full size once.
 """
+import contextlib
 import os
 from functools import partial
 
@@ -33,6 +34,23 @@ def tiny_vfm_file(tmp_path, vfm, seed=0, name=None):
 
 def load_tiny(vfm, path):
     return weights.load_vfm(vfm, str(path), weights.build_vfm(vfm, **TINY_VFM))
+
+
+@contextlib.contextmanager
+def sdpa_keys(monkeypatch):
+    """The keys of every ``F.scaled_dot_product_attention`` call inside the block, in order."""
+    captured = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        captured.append(k)
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    try:
+        yield captured
+    finally:
+        monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
 
 
 def one_line_error(call, *fragments):
@@ -154,19 +172,10 @@ def test_keys_are_the_keys_of_the_models_own_attention(monkeypatch, vfm):
     spec = VFM_SPECS[vfm]
     size = (96, 160) if model.pos_embed is None else tuple(model.patch_embed.img_size)
     images = torch.randn(2, 3, *size)
-    captured = []
-    sdpa = F.scaled_dot_product_attention
-
-    def spy(q, k, v, *args, **kwargs):
-        captured.append(k)
-        return sdpa(q, k, v, *args, **kwargs)
-
     for block in model.blocks:
         block.attn.fused_attn = True
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    with torch.no_grad():
+    with sdpa_keys(monkeypatch) as captured, torch.no_grad():
         model.forward_features(images)
-    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
     assert len(captured) == len(model.blocks)
     keys, grid = dino_keys.last_block_keys(model, images)
     n = grid[0] * grid[1]
@@ -220,6 +229,22 @@ def test_cass_end_to_end_with_every_vfm(tmp_path, vfm):
     # the VFM is used: other VFM weights change the result
     other = cass_from_files(tmp_path, vfm, seed=1)
     assert not torch.allclose(other([image], [(50, 60)])[0].probs, pred.probs, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["clip", "maskclip", "sclip", "clearclip", "naclip", "proxyclip"])
+def test_every_baseline_with_clip_large_and_dinov2_registers(tmp_path, method):
+    """The baselines with CLIP ViT-L/14 (14-px patches); ProxyCLIP with DINOv2 + registers (the crop at its
+    own size, 16 x 16 patches, register tokens dropped), upsampled to the image like CASS's."""
+    model = cass_from_files(tmp_path, "dinov2_vitl14_reg4", method=method)
+    assert model.patch_size == 14 and model.config.method.name == method
+    torch.manual_seed(0)
+    image = torch.randn(3, 224, 300)
+    pred = model([image], [(50, 60)])[0]
+    assert pred.probs.shape == (3, 50, 60) and torch.isfinite(pred.probs).all()
+    torch.testing.assert_close(pred.probs.sum(0), torch.ones(50, 60))
+    other = cass_from_files(tmp_path, "dinov2_vitl14_reg4", seed=1, method=method)
+    changed = not torch.allclose(other([image], [(50, 60)])[0].probs, pred.probs, atol=1e-4)
+    assert changed == (method == "proxyclip")  # only ProxyCLIP looks at the VFM
 
 
 def test_cass_end_to_end_clip_large_336(tmp_path):
@@ -387,18 +412,9 @@ def test_release_layout_and_keys_match_the_reference_code(tmp_path, monkeypatch,
     spec = VFM_SPECS[vfm]
     size = (96, 160) if spec.release_format == "dinov3" else ((spec.fixed_size or 224),) * 2
     images = torch.randn(2, 3, *size)
-    captured = []
-    sdpa = F.scaled_dot_product_attention
-
-    def spy(q, k, v, *args, **kwargs):
-        captured.append(k)
-        return sdpa(q, k, v, *args, **kwargs)
-
-    meta.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.append(o))
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    with torch.no_grad():
+    with sdpa_keys(monkeypatch) as captured, torch.no_grad():
+        meta.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.append(o))
         meta.forward_features(images) if spec.release_format != "dino" else meta(images)
-    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
     keys, grid = dino_keys.last_block_keys(load_tiny(vfm, path), images)
     if spec.release_format == "dinov3":  # the k handed to the attention, after RoPE
         expected = captured[-1]

@@ -318,3 +318,12 @@ def test_method_keys_round_trip():
     assert not cfg.method.keeps_residual and CASSConfig.from_keys(cfg.to_keys()) == cfg
     assert [CASSConfig.from_keys(dict(method=m)).method.keeps_residual for m in METHODS] == \
         [False, True, True, True, False, False, False]
+
+
+def test_proxyclip_refuses_a_rotary_vfm():
+    """ProxyCLIP resizes an absolute positional embedding; DINOv3 (RoPE) is refused in one line, before any forward."""
+    from cass.random_weights import TINY_VFM
+    from cass.weights import build_vfm
+    with pytest.raises(ConfigError, match=r"^method 'proxyclip' needs a VFM with an absolute positional embedding"):
+        CASSModel(tiny_clip(), build_vfm("dinov3_vitb16", **TINY_VFM), Vocabulary.from_classes(["cat"]),
+                  CASSConfig.from_keys(dict(method="proxyclip")), text_cache_dir=False)
