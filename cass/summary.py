@@ -53,6 +53,16 @@ PUBLISHED_MIOU: dict[str, dict[str, float | None]] = {
     # ProxyCLIP (Lan et al., ECCV 2024) as listed in CASS's Table 1 (DINO); per benchmark not verified.
     "proxyclip": _row(None, None, None, None, None, None, None, None),
 }
+# Where each method's published row comes from (printed under the table).
+PUBLISHED_SOURCE: dict[str, str] = {
+    "cass": "CASS paper (Kim et al., CVPR 2025), Table 1",
+    "clip": "SCLIP paper (Wang et al., ECCV 2024), Table 1, its re-run of CLIP",
+    "maskclip": "SCLIP paper (Wang et al., ECCV 2024), Table 1, its re-run of MaskCLIP",
+    "sclip": "SCLIP paper (Wang et al., ECCV 2024), Table 1",
+    "clearclip": "ClearCLIP paper (Lan et al., ECCV 2024), Table 1, ViT-B/16",
+    "naclip": "NACLIP paper (Hajimiri et al., WACV 2025), main table, without post-processing",
+    "proxyclip": "not found per benchmark (two sources disagree; CASS's Table 1 gives the average, 41.4)",
+}
 PAPER_MIOU = {config: (name, PUBLISHED_MIOU["cass"][config]) for config, name in BENCHMARKS.items()}
 COLUMNS = ("benchmark", "config", "mIoU", "paper", "diff")
 
@@ -106,6 +116,7 @@ def to_markdown(table: list[dict], method: str = "cass") -> str:
         miou = _fmt(r["mIoU"]) or "missing"
         paper = _fmt(r["paper"]) or ("not found" if r["config"] in BENCHMARKS or r["benchmark"] == "average" else "")
         lines.append(f"| {r['benchmark']} | {r['config']} | {miou} | {paper} | {_fmt(r['diff'], True)} |")
+    lines += ["", f"Published mIoU ({method}): {PUBLISHED_SOURCE[method]}; how it was checked: docs/methods.md."]
     return "\n".join(lines) + "\n"
 
 

@@ -254,8 +254,9 @@ def test_summary_tables(tmp_path, capsys):
 
     full = tmp_path / "full"
     write_metrics(full, {config: paper + 1 for config, (_, paper) in summary.PAPER_MIOU.items()})
-    last = summary.to_markdown(summary.rows(summary.collect(full))).strip().splitlines()[-1]
-    assert last == "| average |  | 45.35 | 44.35 | +1.00 |"
+    lines = summary.to_markdown(summary.rows(summary.collect(full))).strip().splitlines()
+    assert lines[-3] == "| average |  | 45.35 | 44.35 | +1.00 |"
+    assert lines[-1] == "Published mIoU (cass): CASS paper (Kim et al., CVPR 2025), Table 1; how it was checked: docs/methods.md."
 
 
 # ---------------------------------------------------------------- eval_all.sh
@@ -333,6 +334,7 @@ def test_summary_compares_with_the_methods_published_numbers(tmp_path, capsys):
     assert "| VOC21 | cfg_voc21 | 60.10 | 59.10 | +1.00 |" in markdown
     assert "| ADE20K | cfg_ade20k | 16.00 | 16.10 | -0.10 |" in markdown
     assert "| average |  | missing | 38.16 |  |" in markdown  # SCLIP's Table 1 average: 38.2
+    assert "Published mIoU (sclip): SCLIP paper (Wang et al., ECCV 2024), Table 1;" in markdown
     full = tmp_path / "full"
     write_metrics(full, {config: 30.0 for config in summary.BENCHMARKS})
     table = summary.rows(summary.collect(full), "proxyclip")  # ProxyCLIP's per-benchmark numbers: not found
@@ -340,6 +342,7 @@ def test_summary_compares_with_the_methods_published_numbers(tmp_path, capsys):
     assert "| VOC21 | cfg_voc21 | 30.00 | not found |  |" in summary.to_markdown(table, "proxyclip")
     for method, published in summary.PUBLISHED_MIOU.items():
         assert list(published) == list(summary.BENCHMARKS), method
+        assert summary.PUBLISHED_SOURCE[method], method
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         summary.rows({}, "nope")
 
