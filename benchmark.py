@@ -380,7 +380,8 @@ def format_report(results: dict) -> str:
               + (f", {m['gemm_gflops_end']} at end" if "gemm_gflops_end" in m else "")]
     if "setting" in results:
         s = results["setting"]
-        lines.append(f"setting: {s['source']}, method {s['method']}, CLIP {s['clip']} + {s['vfm']}; image {s['size'][0]}x{s['size'][1]} -> "
+        lines.append(f"setting: {s['source']}, method {s['method']}, CLIP {s['clip']} + {s['vfm']}; "
+                     f"image {s['size'][0]}x{s['size'][1]} -> "
                      f"{s['crops']} {s['crop_desc']}, output {s['ori_size'][0]}x{s['ori_size'][1]}; {s['classes']} classes "
                      f"({s['queries']} queries, {s['clusters']} clusters; vocabulary: {s['vocabulary']}); "
                      f"{s['precision']}, {s['batch_size']} image(s) per call, device {s['device']}")

@@ -256,7 +256,8 @@ def test_summary_tables(tmp_path, capsys):
     write_metrics(full, {config: paper + 1 for config, (_, paper) in summary.PAPER_MIOU.items()})
     lines = summary.to_markdown(summary.rows(summary.collect(full))).strip().splitlines()
     assert lines[-3] == "| average |  | 45.35 | 44.35 | +1.00 |"
-    assert lines[-1] == "Published mIoU (cass): CASS paper (Kim et al., CVPR 2025), Table 1; how it was checked: docs/methods.md."
+    assert lines[-1] == ("Published mIoU (cass): CASS paper (Kim et al., CVPR 2025), Table 1; "
+                         "how it was checked: docs/methods.md.")
 
 
 # ---------------------------------------------------------------- eval_all.sh
