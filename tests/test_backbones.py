@@ -8,6 +8,7 @@ import contextlib
 import os
 from functools import partial
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -245,6 +246,23 @@ def test_every_baseline_with_clip_large_and_dinov2_registers(tmp_path, method):
     other = cass_from_files(tmp_path, "dinov2_vitl14_reg4", seed=1, method=method)
     changed = not torch.allclose(other([image], [(50, 60)])[0].probs, pred.probs, atol=1e-4)
     assert changed == (method == "proxyclip")  # only ProxyCLIP looks at the VFM
+
+
+def test_backbone_and_method_through_config_options(tmp_path):
+    """What the README advertises: `--cfg-options model.vfm=... model.method=...` on a benchmark config (through
+    Segmenter, the demo's path) selects the backbone and the method, and segments."""
+    from cass.api import Segmenter
+    clip_file = random_weights.write_clip(tmp_path / "ViT-B-16.pt", tiny=True)
+    dino_file = tiny_vfm_file(tmp_path, "dinov3_vitb16")
+    image = (torch.rand(96, 128, 3) * 255).to(torch.uint8).numpy()
+    for method in ("cass", "sclip"):
+        segmenter = Segmenter(classes=["sky", "cat"], clip_path=str(clip_file), dino_path=str(dino_file),
+                              cfg_options={"model.vfm": "dinov3_vitb16", "model.method": method,
+                                           **{f"model.vfm_overrides.{k}": v for k, v in TINY_VFM.items()}},
+                              text_cache_dir=False)
+        assert segmenter.model.vfm_spec == VFM_SPECS["dinov3_vitb16"] and segmenter.model.config.method.name == method
+        result = segmenter(image)
+        assert result.probs.shape == (2, 96, 128) and np.isfinite(result.probs).all()
 
 
 def test_cass_end_to_end_clip_large_336(tmp_path):
