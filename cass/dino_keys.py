@@ -59,6 +59,11 @@ VFM_SPECS = {
 }
 
 
+def vfms_with_heads(count: int) -> list[str]:
+    """The VFMs whose last block has ``count`` heads (those CASS can pair with a CLIP of ``count`` heads)."""
+    return [name for name, spec in VFM_SPECS.items() if spec.num_heads == count]
+
+
 def _tokens(model: nn.Module, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
     """Patch embedding, prefix tokens and absolute positional embedding (if any)."""
     dtype = model.patch_embed.proj.weight.dtype

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from . import clip_vit, methods, spectral, text
 from .config import CASSConfig, ConfigError
 from .dino_input import plain_dino_images, reference_dino_images
-from .dino_keys import VFM_SPECS, VFMSpec, keys_on_clip_grid, last_block_keys
+from .dino_keys import VFM_SPECS, VFMSpec, keys_on_clip_grid, last_block_keys, vfms_with_heads
 from .pamr import pamr_within_memory
 from .stages import stage
 from .text import Vocabulary
@@ -130,7 +130,7 @@ class CASSModel(nn.Module):
         if self.vfm is not None and method == "cass":
             heads = (self.vfm.blocks[-1].attn.num_heads, self.clip.visual.transformer.resblocks[-1].attn.num_heads)
             if heads[0] != heads[1]:
-                fits = ", ".join(name for name, spec in VFM_SPECS.items() if spec.num_heads == heads[1])
+                fits = ", ".join(vfms_with_heads(heads[1]))
                 raise ConfigError(f"the VFM's last block has {heads[0]} heads and CLIP's {heads[1]}: CASS pairs "
                                   f"heads one to one (public VFMs with {heads[1]} heads: {fits or 'none'})")
         self._text: tuple[Tensor, Tensor, int] | None = None
@@ -191,11 +191,16 @@ class CASSModel(nn.Module):
         Computed once per vocabulary, device and precision (or read from the
         on-disk cache).
         """
+        return self._text_state()[:2]
+
+    def _text_state(self) -> tuple[Tensor, Tensor, int]:
+        """:meth:`text_state` and the cluster count, kept on the host (reading it
+        from the clusters on a GPU would wait for the GPU)."""
         if self._text is None:
             with self._tf32("clip"):
                 feats = text.query_embeddings(self.clip, self.vocabulary.queries, cache_dir=self.text_cache_dir)
             self._use_text(feats)
-        return self._text[:2]
+        return self._text
 
     def set_text_embeddings(self, embeddings: Tensor) -> None:
         """Use these (Q, E) L2-normalised query embeddings instead of the text
@@ -208,7 +213,6 @@ class CASSModel(nn.Module):
 
     def _use_text(self, feats: Tensor) -> None:
         clusters = text.query_clusters(feats, self.config.text.h_threshold)
-        # the count is kept on the host: reading it from the GPU tensor per batch would wait for the GPU
         self._text = (feats.to(self.device), torch.as_tensor(clusters, device=self.device), int(clusters.max()) + 1)
 
     # ------------------------------------------------------------------ parts
@@ -312,8 +316,7 @@ class CASSModel(nn.Module):
             (B, Q, Hc, Wc) float32 logits: ``S``, or ``F . t`` without text
             refinement (the baselines).
         """
-        text_feats, clusters = self.text_state()
-        num_clusters = self._text[2]
+        text_feats, clusters, num_clusters = self._text_state()
         visual = self.clip.visual
         refines = self.config.method.refines_text
         with stage("clip"), self._tf32("clip"):

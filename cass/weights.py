@@ -22,7 +22,7 @@ from timm.models import eva, vision_transformer
 from torch import nn
 
 from .constants import OPENAI_CLIP_ARCHS, OPENAI_CLIP_URLS, VFM_GATED_FILES, VFM_URLS
-from .dino_keys import VFM_SPECS, VFMSpec
+from .dino_keys import VFM_SPECS, VFMSpec, vfms_with_heads
 
 
 class WeightsError(RuntimeError):
@@ -146,8 +146,7 @@ def clip_heads(arch: str) -> int:
 
 def head_pairings() -> dict[str, list[str]]:
     """For each public CLIP, the VFMs with as many heads (CASS pairs heads one to one)."""
-    return {arch: [vfm for vfm, spec in VFM_SPECS.items() if spec.num_heads == clip_heads(arch)]
-            for arch in OPENAI_CLIP_ARCHS}
+    return {arch: vfms_with_heads(clip_heads(arch)) for arch in OPENAI_CLIP_ARCHS}
 
 
 def _spec(vfm: str) -> VFMSpec:

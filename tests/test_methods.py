@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_clip, tiny_dino
+from conftest import TINY_VFM, tiny_clip, tiny_dino
 
 from cass import clip_vit, methods
 from cass.config import METHODS, CASSConfig, ConfigError
@@ -13,6 +13,7 @@ from cass.dino_keys import VFM_SPECS
 from cass.model import CASSModel
 from cass.spectral import gaussian_bias
 from cass.text import Vocabulary
+from cass.weights import build_vfm
 
 CLASSES = ["background, sky", "cat", "dog, puppy", "grass"]
 CASS_KEYS = dict(global_semantics_weight=0.25, mean_vector_weight=0.04, h_threshold=0.5, precision="fp32")
@@ -322,8 +323,6 @@ def test_method_keys_round_trip():
 
 def test_proxyclip_refuses_a_rotary_vfm():
     """ProxyCLIP resizes an absolute positional embedding; DINOv3 (RoPE) is refused in one line, before any forward."""
-    from cass.random_weights import TINY_VFM
-    from cass.weights import build_vfm
     with pytest.raises(ConfigError, match=r"^method 'proxyclip' needs a VFM with an absolute positional embedding"):
         CASSModel(tiny_clip(), build_vfm("dinov3_vitb16", **TINY_VFM), Vocabulary.from_classes(["cat"]),
                   CASSConfig.from_keys(dict(method="proxyclip")), text_cache_dir=False)
