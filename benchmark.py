@@ -1,12 +1,13 @@
 """Time CASS (or a training-free baseline) with full-size random-weight models: throughput, memory, stages.
 
-Builds CLIP ViT-B/16 (open_clip's ``ViT-B-16-quickgelu`` architecture, random
-weights, loaded through :func:`cass.weights.clip_from_state_dict` like an
-OpenAI checkpoint) and DINO ViT-B/8 (:mod:`cass.random_weights`), so nothing
-is downloaded; ``--clip`` and ``--vfm`` choose other backbones
-(``docs/backbones.md``), ``--clip-weights``/``--dino-weights``
-load real checkpoints instead. Random weights cost the same time as real
-ones; only label agreement depends on the weights.
+Builds the model through :func:`cass.build.build_model`, as every entry point
+does, from CLIP ViT-B/16 (open_clip's ``ViT-B-16-quickgelu`` architecture,
+random weights, loaded through :func:`cass.weights.clip_from_state_dict` like
+an OpenAI checkpoint) and DINO ViT-B/8 (:mod:`cass.random_weights`), so
+nothing is downloaded; ``--clip`` and ``--vfm`` choose other backbones
+(``docs/backbones.md``), ``--clip-weights``/``--vfm-weights`` load real
+checkpoints instead. Random weights cost the same time as real ones; only
+label agreement depends on the weights.
 
 Modes:
 
@@ -19,10 +20,13 @@ Modes:
   cold, then from the on-disk cache, and the released design (full 77-token
   context, one class at a time) on a few classes, extrapolated.
 
-Settings come from a benchmark config (default: ``configs/cfg_ade20k.py``);
-``--method`` times a baseline of :mod:`cass.methods` (``sclip``, ``proxyclip``,
-...) the same way, through the same stages (its attention counts as
-``spectral``, ProxyCLIP's VFM features as ``dino``).
+Settings come from a benchmark config (default: ``configs/cfg_ade20k.py``),
+read by :func:`cass.config_files.load_config` like in ``eval.py`` and
+``demo.py``, with the same ``--cfg-options model.KEY=VALUE`` overrides;
+``--precision`` (both towers) defaults to the config's and is reported
+resolved for the device. ``--method`` times a baseline of :mod:`cass.methods`
+(``sclip``, ``proxyclip``, ...) the same way, through the same stages (its
+attention counts as ``spectral``, ProxyCLIP's VFM features as ``dino``).
 Times are medians over ``--repeats`` after ``--warmup`` runs. The stage
 breakdown comes from separate runs observed through the model's own named
 stages (:mod:`cass.stages`), with ``torch.cuda.synchronize`` at every
@@ -36,6 +40,7 @@ Examples::
     python benchmark.py --config configs/cfg_ade20k.py --random-text --num-classes 1000
     python benchmark.py --mode text --config configs/cfg_ade20k.py
     python benchmark.py --method naclip --config configs/cfg_ade20k.py --repeats 3
+    python benchmark.py --config configs/cfg_ade20k.py --cfg-options model.slide_crop=0
     python benchmark.py --clip ViT-L/14 --vfm dinov2_vitl14_reg4 --config configs/cfg_ade20k.py
     python benchmark.py --device cuda --precision fp16 --config configs/cfg_ade20k.py \
         --batch-size 16 --warmup 3 --repeats 10 --check-agreement
@@ -68,51 +73,71 @@ from torch import nn
 
 from cass import stages
 from cass import text as text_module
-from cass.api import DEFAULT_CONFIG, MMSEG_KEYS, load_config
+from cass.backbones import CLIP_SPECS, VFM_SPECS
 from cass.bench import reference_loop
-from cass.config import METHODS, CASSConfig
-from cass.constants import CLIP_MEAN, CLIP_STD, OPENAI_CLIP_ARCHS
-from cass.dino_keys import VFM_SPECS
+from cass.build import build_model
+from cass.config import PRECISIONS, CASSConfig
+from cass.config_files import DEFAULT_CONFIG, VFM_PATH_KEYS, load_config, model_keys, with_vfm_path
+from cass.constants import CLIP_MEAN, CLIP_STD
+from cass.family import METHODS
 from cass.model import CASSModel, image_boxes
-from cass.random_weights import random_clip, random_dino
-from cass.text import Vocabulary
-from cass.weights import clip_from_state_dict, load_clip, load_vfm
+from cass.random_weights import TINY_VFM, random_clip, random_dino
+from cass.weights import clip_from_state_dict
 
-# Config keys the benchmark replaces (models, vocabulary, caches, precision, batching).
-REPLACED_KEYS = {*MMSEG_KEYS, "clip_path", "dino_path", "name_path", "classes", "vfm_overrides", "clip_model",
-                 "vfm_model", "text_cache_dir", "precision", "vfm_precision", "crop_batch_size", "vfm"}
+# build_model's keys that benchmark.py sets itself: the towers (random modules, or the files of
+# --clip-weights and --vfm-weights), the vocabulary and the text cache. With the config's mmseg keys
+# (cass.config_files.MMSEG_KEYS, which model_keys leaves out) they are the config's keys that are not
+# settings of the timed model.
+BUILD_KEYS = ("clip_path", "clip_model", "vfm", *VFM_PATH_KEYS, "vfm_model", "vfm_overrides", "name_path", "classes",
+              "text_cache_dir")
 STAGES = {**stages.STAGES, "other": "other (batching, bookkeeping)"}
 
 
 # ---------------------------------------------------------------------------- models
-def build_clip(tiny: bool = False, weights: str | None = None, seed: int = 0, arch: str = "ViT-B/16") -> nn.Module:
-    """CLIP ``arch`` with random weights (or ``weights``), through the OpenAI-format loader.
+def model_settings(keys: dict, precision: str | None, crop_batch_size: int) -> dict:
+    """The settings of the timed model (:class:`~cass.config.CASSConfig` keys): the config's
+    model keys without :data:`BUILD_KEYS`, with ``precision`` (None: the config's) for both towers.
 
-    ``tiny``: the test suite's tiny CLIP (2 layers, width 128, 32-d output).
+    An unknown or invalid setting fails here, before any model is built.
     """
-    if weights is not None:
-        return load_clip(weights)
+    settings = {key: value for key, value in keys.items() if key not in BUILD_KEYS}
+    settings["crop_batch_size"] = crop_batch_size
+    if precision is not None:
+        settings["precision"] = precision
+        settings.pop("vfm_precision", None)
+    CASSConfig.from_keys(settings)
+    return settings
+
+
+def random_openai_clip(tiny: bool, seed: int, arch: str) -> nn.Module:
+    """:func:`cass.random_weights.random_clip` through the OpenAI-format loader, like a release
+    (float32 LayerNorms when the tower runs in half precision)."""
     return clip_from_state_dict(random_clip(tiny, seed, arch).state_dict(), f"random-weight CLIP {arch}")
 
 
-def build_dino(tiny: bool = False, weights: str | None = None, seed: int = 0, vfm: str = "dino_vitb8") -> nn.Module:
-    """The VFM ``vfm`` (timm) with random weights (or ``weights``); ``tiny``: 2 layers, width 128."""
-    model = random_dino(tiny, seed, vfm)
-    return model if weights is None else load_vfm(vfm, weights, model)
+def tower_keys(args: argparse.Namespace) -> dict:
+    """build_model's keys for the two towers: random-weight modules, or ``--clip-weights`` and
+    ``--vfm-weights`` read by build_model's loaders (the latter under the config's key for it)."""
+    keys: dict = dict(vfm=args.vfm)
+    if args.clip_weights is not None:
+        keys["clip_path"] = args.clip_weights
+    else:
+        keys["clip_model"] = random_openai_clip(args.tiny, args.seed, args.clip)
+    if args.vfm_weights is not None:
+        config_path = {key: value for key, value in args.model_keys.items() if key in VFM_PATH_KEYS}
+        keys.update(with_vfm_path(config_path, args.vfm_weights))
+        keys["vfm_overrides"] = TINY_VFM if args.tiny else None
+    else:  # built even where the method needs no VFM: build_model leaves it out then
+        keys["vfm_model"] = random_dino(args.tiny, args.seed, args.vfm)
+    return keys
 
 
-def model_settings(config: str | None, overrides: dict | None) -> tuple[dict, str | None, str]:
-    """Model settings (config keys) of a benchmark config, default ``configs/cfg_ade20k.py``.
-
-    Returns:
-        settings, the config's class-name file (None if it has none), and the
-        config's path.
-    """
-    model = load_config(config).model
-    settings = {k: v for k, v in model.items() if k not in REPLACED_KEYS}
-    settings.update(overrides or {})
-    CASSConfig.from_keys(settings)  # an unknown key fails here, before any model is built
-    return settings, model.get("name_path"), str(config or DEFAULT_CONFIG)
+def timed_model(args: argparse.Namespace, classes: list[str]) -> CASSModel:
+    """The model to time, on CPU, through :func:`cass.build.build_model`: the config's settings with
+    ``--cfg-options`` and ``--precision``, the towers of :func:`tower_keys`, the vocabulary ``classes``."""
+    settings = model_settings(args.model_keys, args.precision, args.crop_batch_size)  # checked before the towers
+    return build_model(**settings, **tower_keys(args), classes=classes,
+                       text_cache_dir=args.text_cache_dir)
 
 
 def vocabulary(num_classes: int | None, name_path: str | None) -> tuple[list[str], str]:
@@ -148,33 +173,32 @@ def random_text_embeddings(count: int, dim: int, seed: int = 0) -> torch.Tensor:
     return F.normalize(torch.randn(count, dim, generator=g), dim=-1)
 
 
-def build_model(clip: nn.Module, dino: nn.Module, settings: dict, classes: list[str], precision: str,
-                crop_batch_size: int, text_cache_dir: str | None, vfm: str = "dino_vitb8") -> CASSModel:
-    """The CASS model on CPU; ``precision`` for both towers."""
-    config = CASSConfig.from_keys({**settings, "precision": precision, "crop_batch_size": crop_batch_size})
-    return CASSModel(clip, dino, Vocabulary.from_classes(classes), config, VFM_SPECS[vfm], text_cache_dir)
-
-
 # ---------------------------------------------------------------------------- timing
 class StageTimer:
     """Exclusive wall time per stage: a stage entered inside another is not
-    counted in the outer one. Synchronises CUDA at every boundary."""
+    counted in the outer one. Synchronises CUDA at every boundary.
 
-    def __init__(self, device: torch.device) -> None:
+    Args:
+        device: the device whose work is timed.
+        clock: seconds, read at every boundary (default: ``time.perf_counter``).
+    """
+
+    def __init__(self, device: torch.device, clock: Callable[[], float] = time.perf_counter) -> None:
         self.sync: Callable[[], None] = (torch.cuda.synchronize if device.type == "cuda" else lambda: None)
+        self.clock = clock
         self.times: dict[str, float] = defaultdict(float)
         self._nested: list[float] = []
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         self.sync()
-        start = time.perf_counter()
+        start = self.clock()
         self._nested.append(0.0)
         try:
             yield
         finally:
             self.sync()
-            elapsed = time.perf_counter() - start
+            elapsed = self.clock() - start
             self.times[name] += elapsed - self._nested.pop()
             if self._nested:
                 self._nested[-1] += elapsed
@@ -309,16 +333,17 @@ def image_benchmark(model: CASSModel, args: argparse.Namespace, device: torch.de
     return results
 
 
-def agreement(model: CASSModel, args: argparse.Namespace, device: torch.device) -> dict:
-    """Share of pixels whose label is the same at float32 and at ``--precision``.
+def resolved_precision(model: CASSModel) -> str:
+    """The towers' precision on the model's device (``'auto'`` resolved): ``'fp32'``, or
+    ``'CLIP fp16, VFM tf32'`` where they differ."""
+    clip, vfm = model.precisions()
+    return clip if vfm == clip or model.vfm is None else f"CLIP {clip}, VFM {vfm}"
 
-    The float32 run uses a copy of the model built with float32 towers.
-    """
+
+def agreement(model: CASSModel, reference_model: CASSModel, args: argparse.Namespace, device: torch.device) -> dict:
+    """Share of pixels whose label is the same in ``reference_model`` (float32 towers) and ``model``."""
     inputs = list(random_images(args.agreement_images, tuple(args.size), args.seed + 1).to(device))
     sizes = [tuple(args.ori_size or args.size)] * len(inputs)
-    reference_model = CASSModel(copy.deepcopy(model.clip), copy.deepcopy(model.vfm), model.vocabulary,
-                                model.config.replace(precision="fp32"), model.vfm_spec,
-                                model.text_cache_dir).to(device)
     if args.random_text:
         reference_model.set_text_embeddings(model.text_state()[0])
 
@@ -330,13 +355,14 @@ def agreement(model: CASSModel, args: argparse.Namespace, device: torch.device) 
 
     reference, other = labels(reference_model), labels(model)
     per_image = (reference == other).flatten(1).float().mean(1)
-    return dict(precision=args.precision, images=len(inputs), pixel_agreement=float(per_image.mean()),
+    return dict(precision=resolved_precision(model), images=len(inputs), pixel_agreement=float(per_image.mean()),
                 worst_image_agreement=float(per_image.min()))
 
 
 def text_benchmark(clip: nn.Module, queries: list[str], reference_classes: int) -> dict:
     """Query embeddings of ``queries`` x 80 templates: cold, from the cache, and the released design."""
     templates = OPENAI_IMAGENET_TEMPLATES
+    device = clip.token_embedding.weight.device
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
         cold = text_module.query_embeddings(clip, queries, cache_dir=cache)
@@ -354,12 +380,13 @@ def text_benchmark(clip: nn.Module, queries: list[str], reference_classes: int) 
         feats = []
         with torch.no_grad():
             for q in queries[:count]:
-                f = F.normalize(clip.encode_text(open_clip.tokenize([t(q) for t in templates])), dim=-1)
+                tokens = open_clip.tokenize([t(q) for t in templates]).to(device)
+                f = F.normalize(clip.encode_text(tokens).float(), dim=-1)
                 feats.append(F.normalize(f.mean(0), dim=-1))
         elapsed = time.perf_counter() - start
         result.update(released_classes_timed=count, released_s_per_class=elapsed / count,
                       released_estimate_s=elapsed / count * len(queries),
-                      released_max_abs_diff=float((torch.stack(feats) - cold[:count].cpu()).abs().max()))
+                      released_max_abs_diff=float((torch.stack(feats).cpu() - cold[:count].cpu()).abs().max()))
     return result
 
 
@@ -411,7 +438,7 @@ def format_report(results: dict) -> str:
     if "text" in results:
         t = results["text"]
         lines.append(f"text: {t['queries']} queries x {t['templates']} templates ({t['prompts']} prompts, "
-                     f"context cut at {t['longest_eot']} tokens): {t['cold_s']:.1f} s cold, "
+                     f"context cut at {t['longest_eot']} tokens, {t['precision']}): {t['cold_s']:.1f} s cold, "
                      f"{t['cached_s']:.3f} s from the cache (identical: {t['cache_identical']})")
         if "released_estimate_s" in t:
             lines.append(f"  released design (77 tokens, class by class): {t['released_s_per_class']:.2f} s/class "
@@ -430,15 +457,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="what to time (default: fast)")
     parser.add_argument("--config", default=None,
                         help="benchmark config whose model settings to use (default: configs/cfg_ade20k.py)")
-    parser.add_argument("--method", choices=METHODS, default=None,
+    parser.add_argument("--method", choices=tuple(METHODS), default=None,
                         help="last block to time: cass or a baseline (default: the config's, i.e. cass); "
-                             "the same as --cfg-options method=NAME")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None, metavar="KEY=VALUE",
-                        help="override segmentor settings, e.g. slide_crop=0 for whole-image inference")
+                             "the same as --cfg-options model.method=NAME")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None, metavar="model.KEY=VALUE",
+                        help="override the config's model settings, mmseg style as in eval.py and demo.py, "
+                             "e.g. model.slide_crop=0 for whole-image inference")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "tf32", "fp16", "bf16"), default="fp32",
-                        help="precision of the CLIP and DINO towers; auto: the released code's on CUDA "
-                             "(CLIP fp16, DINO fp32 + TF32), fp32 on CPU (default: fp32)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="precision of both towers (default: the config's, 'auto': on CUDA CLIP fp16 and the "
+                             "VFM fp32 with TF32, like the released code; fp32 on the CPU); reported resolved")
     parser.add_argument("--size", type=int, nargs=2, default=(336, 448), metavar=("H", "W"),
                         help="resized image size (default: 336 448, the ADE20K setting)")
     parser.add_argument("--ori-size", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -464,12 +492,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--text-reference-classes", type=int, default=5,
                         help="--mode text: classes timed with the released design, extrapolated (default: 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--clip", choices=tuple(OPENAI_CLIP_ARCHS), default="ViT-B/16",
+    parser.add_argument("--clip", choices=tuple(CLIP_SPECS), default="ViT-B/16",
                         help="CLIP backbone (default: ViT-B/16)")
     parser.add_argument("--vfm", choices=tuple(VFM_SPECS), default=None,
                         help="VFM backbone (default: the config's vfm, else dino_vitb8; docs/backbones.md)")
     parser.add_argument("--clip-weights", default=None, help="real CLIP checkpoint of --clip instead of random")
-    parser.add_argument("--dino-weights", default=None, help="real checkpoint of --vfm instead of random")
+    parser.add_argument("--vfm-weights", "--dino-weights", dest="vfm_weights", default=None,
+                        help="real checkpoint of --vfm instead of random (--dino-weights: its old name)")
     parser.add_argument("--tiny", action="store_true", help="tiny random models (tests, smoke runs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and images (default: 0)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -485,14 +514,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--device cuda: CUDA is not available on this machine")
     if args.config is not None and not Path(args.config).is_file():
         parser.error(f"--config: no such file: {args.config}")
+    options = dict(args.cfg_options or {})
+    for key in options:
+        if "." not in key:
+            parser.error(f"--cfg-options {key}=...: write model.{key}=... (mmseg's form, as in eval.py and demo.py)")
+        if not key.startswith("model."):
+            parser.error(f"--cfg-options {key}=...: benchmark.py takes the model's settings only, model.<key>=...")
     if args.method is not None:
-        args.cfg_options = {**(args.cfg_options or {}), "method": args.method}
-    method = (args.cfg_options or {}).get("method", "cass")
+        options["model.method"] = args.method
+    args.model_keys = model_keys(load_config(args.config, options))
+    method = args.model_keys.get("method", "cass")
     if method != "cass" and args.mode in ("reference-loop", "both"):
         parser.error(f"--mode {args.mode}: the released code's structure exists for CASS only, not {method!r}")
-    option_vfm = (args.cfg_options or {}).pop("vfm", None)
     if args.vfm is None:
-        args.vfm = option_vfm or load_config(args.config).model.get("vfm", "dino_vitb8")
+        args.vfm = args.model_keys.get("vfm", "dino_vitb8")
     if args.vfm not in VFM_SPECS:
         parser.error(f"vfm {args.vfm!r}: choose one of {', '.join(VFM_SPECS)}")
     if args.mode in ("reference-loop", "both") and VFM_SPECS[args.vfm].num_prefix_tokens != 1:
@@ -507,19 +542,18 @@ def run(args: argparse.Namespace, command: str) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     results: dict = dict(command=command, machine=machine_info(device))
-    settings, name_path, source = model_settings(args.config, args.cfg_options)
-    classes, vocab_source = vocabulary(args.num_classes, name_path)
-    clip = build_clip(args.tiny, args.clip_weights, args.seed, args.clip)
-    if args.mode == "text":
+    keys = args.model_keys
+    settings = model_settings(keys, args.precision, args.crop_batch_size)
+    classes, vocab_source = vocabulary(args.num_classes, keys.get("name_path"))
+    model = timed_model(args, classes).to(device)
+    if args.mode == "text":  # the text tower of the same model
         queries = text_module.parse_vocabulary(classes)[0]
-        results["text"] = text_benchmark(clip.to(device), queries, args.text_reference_classes)
+        results["text"] = dict(text_benchmark(model.clip, queries, args.text_reference_classes),
+                               precision=model.precisions()[0])
         results["machine"].update(load_average_end=[round(x, 2) for x in os.getloadavg()],
                                   gemm_gflops_end=gemm_gflops(device))
         return results
 
-    dino = build_dino(args.tiny, args.dino_weights, args.seed, args.vfm)
-    model = build_model(clip, dino, settings, classes, args.precision, args.crop_batch_size,
-                        args.text_cache_dir, args.vfm).to(device)
     start = time.perf_counter()
     if args.random_text:
         vocab_source += ", random text embeddings"
@@ -532,23 +566,27 @@ def run(args: argparse.Namespace, command: str) -> dict:
     crops = len(image_boxes(h, w, model.config))
     crop_desc = ("whole-image pass" if window.whole_image else
                  f"crops of {window.slide_crop} (stride {window.slide_stride})")
-    results["setting"] = dict(source=source, method=model.config.method.name, clip=args.clip, vfm=args.vfm,
-                              settings=settings,
-                              size=list(args.size),
+    weights = {"CLIP": args.clip_weights is not None, "VFM": args.vfm_weights is not None}
+    results["setting"] = dict(source=str(args.config or DEFAULT_CONFIG), method=model.config.method.name,
+                              clip=args.clip, vfm=args.vfm, settings=settings, size=list(args.size),
                               ori_size=list(args.ori_size or args.size), crops=crops, crop_desc=crop_desc,
                               classes=model.num_classes, queries=len(model.vocabulary.queries),
                               clusters=int(clusters.max()) + 1,
-                              vocabulary=vocab_source, text_setup_s=text_s, precision=args.precision,
+                              vocabulary=vocab_source, text_setup_s=text_s, precision=resolved_precision(model),
                               batch_size=args.batch_size, device=args.device, tiny=args.tiny,
-                              weights="real" if args.clip_weights else "random")
+                              weights=", ".join(f"{tower} {'real' if real else 'random'}"
+                                                for tower, real in weights.items()))
     modes = ("fast", "reference-loop") if args.mode == "both" else (args.mode,)
     results.update(image_benchmark(model, args, device, modes))
     if args.mode == "both":
         fast, slow = results["fast"], results["reference-loop"]
         results["speedup"] = fast["images_per_s"] / slow["images_per_s"]
         results["speedup_per_repeat"] = [r / f for f, r in zip(fast["seconds_per_run"], slow["seconds_per_run"])]
-    if args.check_agreement:
-        results["agreement"] = agreement(model, args, device)
+    if args.check_agreement:  # the same towers (copies) at float32
+        reference = build_model(**model_settings(keys, "fp32", args.crop_batch_size), vfm=args.vfm,
+                                clip_model=copy.deepcopy(model.clip), vfm_model=copy.deepcopy(model.vfm),
+                                classes=classes, text_cache_dir=args.text_cache_dir).to(device)
+        results["agreement"] = agreement(model, reference, args, device)
     results["machine"].update(load_average_end=[round(x, 2) for x in os.getloadavg()],
                               gemm_gflops_end=gemm_gflops(device))
     return results

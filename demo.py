@@ -2,7 +2,7 @@
 
     python demo.py                                   # scikit-image's astronaut photo -> demo_out.png
     python demo.py --image photo.jpg --classes "cat, dog, sky" --out result.png
-    python demo.py --image photo.jpg --class-file classes.txt --save-logits probs.npy
+    python demo.py --image photo.jpg --class-file classes.txt --save-probs probs.npy
     python demo.py --image photos/ "more/*.jpg" --classes "cat, dog" --out-dir results/ --batch-size 8
 
 For each image it writes a PNG (the image under a translucent colour per
@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from cass import ConfigError, VocabularyError, WeightsError
 from cass.api import Segmentation, Segmenter
+from cass.config import PRECISIONS
 from cass.images import ImageError, check_image_file, read_image
 from cass.visualize import format_share, save_png
 
@@ -54,23 +55,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "the .json beside it")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="folder for the outputs of several images (default: demo_out/): "
-                             "<name>.png, <name>.json and, with --save-logits, <name>.npy")
-    parser.add_argument("--save-logits", nargs="?", const=True, default=None, metavar="NPY",
+                             "<name>.png, <name>.json and, with --save-probs, <name>.npy")
+    parser.add_argument("--save-probs", nargs="?", const=True, default=None, metavar="NPY",
                         help="also write the class probabilities, (classes, H, W) float32: to this .npy for a "
                              "single image, beside each PNG otherwise")
+    parser.add_argument("--save-logits", dest="save_probs", nargs="?", const=True, default=None, metavar="NPY",
+                        help="deprecated: the old name of --save-probs (it always wrote probabilities)")
     parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     parser.add_argument("--batch-size", type=int, default=4, help="images per model call (default: 4)")
     parser.add_argument("--config", type=Path, default=None,
                         help="benchmark config for the settings (default: configs/cfg_ade20k.py)")
     parser.add_argument("--clip-path", default=None,
                         help="local CLIP ViT-B/16 weights (OpenAI ViT-B-16.pt); default: downloaded once")
-    parser.add_argument("--dino-path", default=None,
-                        help="local DINO ViT-B/8 weights (dino_vitbase8_pretrain.pth); default: downloaded once")
+    parser.add_argument("--vfm-path", "--dino-path", dest="vfm_path", default=None,
+                        help="local weights of the config's VFM (DINO ViT-B/8: dino_vitbase8_pretrain.pth; "
+                             "DINOv2, DINOv3: docs/backbones.md); default: downloaded once. "
+                             "--dino-path is its old name")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "tf32", "fp16", "bf16"], default=None,
-                        help="precision of both towers (default: the config's 'auto': on CUDA CLIP fp16 and "
-                             "DINO fp32 with TF32, like the released code; fp32 on CPU)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="precision of both towers (default: the config's, 'auto': on CUDA CLIP fp16 and "
+                             "the VFM fp32 with TF32, like the released code; fp32 on the CPU)")
     parser.add_argument("--opacity", type=float, default=0.5, help="opacity of the class colours (0 to 1)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None, metavar="KEY=VALUE",
                         help="override config settings, mmseg style: model.prob_thd=0.1 model.slide_crop=0")
@@ -146,8 +151,8 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], bool]:
         return [Job(inputs[0][0], args.out or Path("demo_out.png"), _single_npy(args))], False
     if args.out is not None:
         raise ValueError("--out names one output; for several images use --out-dir")
-    if isinstance(args.save_logits, str):
-        raise ValueError("--save-logits NPY names one file; with several images use --save-logits alone "
+    if isinstance(args.save_probs, str):
+        raise ValueError("--save-probs NPY names one file; with several images use --save-probs alone "
                          "(one .npy beside each PNG)")
     out_dir = args.out_dir or Path("demo_out")
     jobs = [_batch_job(item, out_dir, args) for item in inputs]
@@ -160,17 +165,17 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], bool]:
 
 
 def _single_npy(args: argparse.Namespace) -> Path | None:
-    if args.save_logits is None:
+    if args.save_probs is None:
         return None
-    if args.save_logits is True:
+    if args.save_probs is True:
         return (args.out or Path("demo_out.png")).with_suffix(".npy")
-    return Path(args.save_logits)
+    return Path(args.save_probs)
 
 
 def _batch_job(item: tuple[Path, Path], out_dir: Path, args: argparse.Namespace) -> Job:
     source, name = item
     png = (out_dir / name).with_suffix(".png")
-    return Job(source, png, png.with_suffix(".npy") if args.save_logits is not None else None)
+    return Job(source, png, png.with_suffix(".npy") if args.save_probs is not None else None)
 
 
 def write_outputs(job: Job, result: Segmentation, opacity: float) -> list:
@@ -247,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
 
     log(f"loading weights on {args.device}")
     segmenter = Segmenter(args.config, classes=classes, class_file=args.class_file, clip_path=args.clip_path,
-                          dino_path=args.dino_path, device=args.device, precision=args.precision,
+                          vfm_path=args.vfm_path, device=args.device, precision=args.precision,
                           cfg_options=args.cfg_options)
     names = segmenter.class_names
     log(f"encoding text: {len(names)} classes, {len(segmenter.model.vocabulary.queries)} queries")

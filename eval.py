@@ -22,8 +22,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
+
+if TYPE_CHECKING:
+    from mmengine.config import Config
 
 PAMR_STEPS = {"off": 0, "on": 10}
 LAUNCHERS = ("none", "pytorch", "slurm", "mpi")
@@ -50,9 +54,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "metrics cover every image, as in an uninterrupted run")
     parser.add_argument("--data-root", type=Path, help="dataset root, replacing the config's data_root")
     parser.add_argument("--clip-path", help="CLIP weights: 'ViT-B/16' (download) or a local OpenAI .pt file")
-    parser.add_argument("--dino-path", help="local DINO checkpoint (default: download the public one)")
+    parser.add_argument("--vfm-path", "--dino-path", dest="vfm_path",
+                        help="local checkpoint of the config's VFM (default: download the public one); "
+                             "--dino-path is its old name")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
-                        help="config overrides key=value, applied last, e.g. model.slide_stride=56")
+                        help="config overrides key=value, mmseg style, applied last, e.g. model.slide_stride=56 "
+                             "test_dataloader.num_workers=0")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="none",
                         help="job launcher for multi-GPU runs (pytorch for torchrun)")
     parser.add_argument("--skip-data-check", action="store_true",
@@ -63,14 +70,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    """Load the benchmark config (importing cass through its custom_imports) and
-    apply the command-line settings."""
-    cfg = Config.fromfile(str(args.config))
+    """Load the benchmark config (importing cass's mmseg adapter through its
+    custom_imports) and apply the command-line settings."""
+    from cass.config_files import load_config, with_vfm_path
+
+    cfg = load_config(args.config, import_custom_modules=True)
     cfg.model.pamr_steps = PAMR_STEPS[args.pamr]
     if args.clip_path is not None:
         cfg.model.clip_path = args.clip_path
-    if args.dino_path is not None:
-        cfg.model.dino_path = args.dino_path
+    if args.vfm_path is not None:  # under the config's key for it (vfm_path, or dino_path in older configs)
+        cfg.model = with_vfm_path(cfg.model.to_dict(), args.vfm_path)
     if args.data_root is not None:
         cfg.test_dataloader.dataset.data_root = str(args.data_root)
     cfg.merge_from_dict(args.cfg_options)

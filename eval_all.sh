@@ -45,8 +45,12 @@ python=${PYTHON:-python}
 if [[ $method != cass ]]; then
   work_root=$work_root/$method
 fi
-# The paper's column order.
-benchmarks=(voc21 context60 coco_object voc20 context59 coco_stuff164k city_scapes ade20k)
+# The paper's column order (the one list: cass/family.py's BENCHMARKS).
+if ! configs=$("$python" configs/methods.py --benchmarks); then
+  echo "eval_all: could not read the benchmark list from configs/methods.py" >&2
+  exit 1
+fi
+mapfile -t benchmarks <<< "${configs//cfg_/}"
 # The method's overrides per benchmark (checked before anything runs).
 declare -A method_options
 for name in "${benchmarks[@]}"; do

@@ -1,18 +1,38 @@
-"""CASS: training-free open-vocabulary semantic segmentation (Kim et al., CVPR 2025).
+"""CASS and its training-free family: open-vocabulary semantic segmentation (Kim et al., CVPR 2025).
 
 The model (:class:`CASSModel`, :func:`build_model`, :class:`Segmenter`) needs
 torch, torchvision, open_clip, timm, scipy, scikit-learn and scikit-image;
 mmseg sees it through :mod:`cass.mmseg` (registered by the benchmark configs'
-``custom_imports``).
-"""
-from .api import Segmentation, Segmenter
-from .build import build_model
-from .config import CASSConfig, ConfigError, OutputConfig, PrecisionConfig, SpectralConfig, TextConfig, WindowConfig
-from .images import ImageError
-from .model import CASSModel, Prediction, slide_windows
-from .text import Vocabulary, VocabularyError, parse_vocabulary, read_class_file
-from .weights import WeightsError
+``custom_imports``). The methods are registered in :mod:`cass.family`.
 
-__all__ = ["CASSConfig", "CASSModel", "ConfigError", "ImageError", "OutputConfig", "Prediction", "PrecisionConfig",
-           "Segmentation", "Segmenter", "SpectralConfig", "TextConfig", "Vocabulary", "VocabularyError",
-           "WeightsError", "WindowConfig", "build_model", "parse_vocabulary", "read_class_file", "slide_windows"]
+The names below are imported on first use, so that the standard-library-only
+modules (:mod:`cass.family`, :mod:`cass.summary`) load without torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Segmentation": "api", "Segmenter": "api",
+    "build_model": "build",
+    "CASSConfig": "config", "ConfigError": "config", "OutputConfig": "config", "PrecisionConfig": "config",
+    "SpectralConfig": "config", "TextConfig": "config", "WindowConfig": "config", "MethodConfig": "config",
+    "Method": "family", "register_method": "family",
+    "ImageError": "images",
+    "CASSModel": "model", "Prediction": "model", "slide_windows": "model",
+    "Vocabulary": "text", "VocabularyError": "text", "parse_vocabulary": "text", "read_class_file": "text",
+    "WeightsError": "weights",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):  # PEP 562: import the module that holds ``name`` on first use
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cass' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

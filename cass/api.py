@@ -8,11 +8,11 @@
     result.labels                        # (H, W) class index per pixel
 
 Settings come from a benchmark config (``configs/cfg_<benchmark>.py``, read
-with mmengine's config reader; default: the ADE20K one, the broadest
-vocabulary): its model keys build the :class:`~cass.model.CASSModel` and its
-test pipeline's ``Resize`` scale sizes the input, computed by
-:mod:`cass.images` exactly as mmseg's pipeline does, so a result equals what
-``eval.py`` predicts for the same file. The text embeddings of a vocabulary
+by :func:`cass.config_files.load_config` like in ``eval.py``; default: the
+ADE20K one, the broadest vocabulary): its model keys build the
+:class:`~cass.model.CASSModel` and its test pipeline's ``Resize`` scale sizes
+the input, computed by :mod:`cass.images` exactly as mmseg's pipeline does,
+so a result equals what ``eval.py`` predicts for the same file. The text embeddings of a vocabulary
 are computed once and reused.
 """
 from __future__ import annotations
@@ -20,8 +20,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,17 +27,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from mmengine.config import Config
-
 from .build import build_model
+from .config import ConfigError
+from .config_files import load_config, model_keys, resize_scale, with_vfm_path
 from .images import ImageError, as_bgr_uint8, normalise, pil_to_array, read_image, resize_keep_ratio
 from .model import CASSModel
 from .text import VocabularyError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cfg_ade20k.py"
-# mmseg's own keys of a segmentor config, not settings of the model
-MMSEG_KEYS = ("type", "data_preprocessor", "init_cfg", "_scope_")
 ImageInput = str | os.PathLike | np.ndarray | Image.Image
 
 
@@ -69,44 +63,6 @@ class Segmentation:
         return {self.class_names[c]: 100.0 * counts[c] / self.labels.size for c in order if counts[c] > 0}
 
 
-def load_config(config: str | os.PathLike | None = None, cfg_options: dict | None = None) -> Config:
-    """A benchmark config (default: ADE20K's) with mmseg-style ``--cfg-options``
-    overrides (``{'model.prob_thd': 0.1}``) merged in. The config's
-    ``custom_imports`` (the mmseg adapter) are not imported."""
-    from mmengine.config import Config  # pure Python; imported when a config is read
-
-    path = Path(DEFAULT_CONFIG if config is None else config)
-    if not path.is_file():
-        raise FileNotFoundError(f"config not found: {path}")
-    cfg = Config.fromfile(str(path), import_custom_modules=False)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
-
-
-def resize_scale(cfg: Config) -> tuple[int, int]:
-    """The ``Resize(scale=..., keep_ratio=True)`` of the config's test pipeline.
-
-    Only the steps this module computes itself are accepted (an image loader,
-    one keep-ratio resize, annotation loading, packing); anything else is an
-    error rather than a silent difference from ``eval.py``.
-    """
-    pipeline = cfg.get("test_pipeline") or cfg.test_dataloader.dataset.pipeline
-    scales = []
-    for step in pipeline:
-        kind = step["type"]
-        if kind == "Resize":
-            if not step.get("keep_ratio", False) or step.get("interpolation", "bilinear") != "bilinear":
-                raise ValueError(f"unsupported Resize in the config's test pipeline: {dict(step)} "
-                                 "(only keep_ratio=True, bilinear)")
-            scales.append(tuple(step["scale"]))
-        elif kind not in ("LoadImageFromFile", "LoadAnnotations", "PackSegInputs"):
-            raise ValueError(f"unsupported step {kind!r} in the config's test pipeline")
-    if len(scales) != 1:
-        raise ValueError(f"the config's test pipeline must resize once, found {len(scales)} Resize steps")
-    return scales[0]
-
-
 def _device(device: str | torch.device) -> torch.device:
     try:
         device = torch.device(device)
@@ -125,11 +81,12 @@ class Segmenter:
         classes: the vocabulary, one entry per class, synonyms separated by
             ``", "`` (``["sky", "dog, puppy"]``); replaces the config's class file.
         class_file: a class-name file instead (one class per line).
-        clip_path, dino_path: local weights; None keeps the config's (public
-            weights, downloaded once).
+        clip_path, vfm_path: local weights of CLIP and of the VFM (DINO,
+            DINOv2, DINOv3); None keeps the config's (public weights,
+            downloaded once). ``dino_path`` is the VFM's old name.
         device: where the model runs (``'cpu'``, ``'cuda'``, ``'cuda:1'``).
-        precision: ``'auto'``, ``'fp32'``, ``'tf32'``, ``'fp16'`` or ``'bf16'``
-            for both towers; None keeps the config's.
+        precision: one of :data:`cass.config.PRECISIONS` for both towers;
+            None keeps the config's (``'auto'``: float32 on the CPU).
         cfg_options: mmseg-style overrides of the config, ``{'model.prob_thd': 0.1}``.
         **overrides: model keys (:func:`cass.build.build_model`, settings of
             :class:`cass.config.CASSConfig`), e.g. ``slide_crop=0``.
@@ -137,14 +94,18 @@ class Segmenter:
 
     def __init__(self, config: str | os.PathLike | None = None, classes: Sequence[str] | None = None,
                  class_file: str | os.PathLike | None = None, clip_path: str | None = None,
-                 dino_path: str | None = None, device: str | torch.device = "cpu", precision: str | None = None,
-                 cfg_options: dict | None = None, **overrides) -> None:
+                 vfm_path: str | None = None, device: str | torch.device = "cpu", precision: str | None = None,
+                 cfg_options: dict | None = None, dino_path: str | None = None, **overrides) -> None:
+        if vfm_path is not None and dino_path is not None:
+            raise ConfigError("give the VFM's weights once: vfm_path (dino_path is its old name)")
         cfg = load_config(config, cfg_options)
-        keys = {k: v for k, v in cfg.model.to_dict().items() if k not in MMSEG_KEYS}
-        given = dict(clip_path=clip_path, dino_path=dino_path, precision=precision)
-        keys.update({key: value for key, value in given.items() if value is not None}, **overrides)
+        keys = with_vfm_path(model_keys(cfg), vfm_path if vfm_path is not None else dino_path)
+        if clip_path is not None:
+            keys["clip_path"] = clip_path
         if precision is not None:
+            keys["precision"] = precision
             keys.pop("vfm_precision", None)
+        keys.update(overrides)
         if classes is not None and class_file is not None:
             raise VocabularyError("give classes or class_file, not both")
         if classes is not None:

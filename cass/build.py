@@ -1,4 +1,4 @@
-"""Build a :class:`~cass.model.CASSModel` from config keys: weights, vocabulary, settings.
+"""Build a model of the family (:class:`~cass.model.CASSModel`) from config keys: weights, vocabulary, settings.
 
 The keys are those of the released configs' ``model=dict(...)`` (minus
 mmseg's own ``type``, ``data_preprocessor`` and ``init_cfg``), so the mmseg
@@ -14,11 +14,12 @@ from typing import Any
 
 from torch import nn
 
+from .backbones import VFM_SPECS
 from .config import CASSConfig, ConfigError
-from .dino_keys import VFM_SPECS
+from .family import check_towers, requirements
 from .model import CASSModel
 from .text import Vocabulary, VocabularyError
-from .weights import build_vfm, head_pairings, load_clip, load_vfm
+from .weights import build_vfm, load_clip, load_vfm
 
 
 def vocabulary_from(classes: Sequence[str] | None = None, name_path: str | os.PathLike | None = None) -> Vocabulary:
@@ -32,48 +33,48 @@ def vocabulary_from(classes: Sequence[str] | None = None, name_path: str | os.Pa
     raise VocabularyError("no vocabulary: give classes (a list) or name_path (a class-name file)")
 
 
-def check_heads(clip: nn.Module, vfm_module: nn.Module, vfm: str) -> None:
-    """ConfigError unless CLIP's and the VFM's last blocks have as many heads."""
-    clip_count = clip.visual.transformer.resblocks[-1].attn.num_heads
-    vfm_count = vfm_module.blocks[-1].attn.num_heads
-    if clip_count != vfm_count:
-        works = "; ".join(f"CLIP {arch} with {', '.join(vfms)}" for arch, vfms in head_pairings().items())
-        raise ConfigError(f"CLIP has {clip_count} heads in its last block and vfm {vfm!r} {vfm_count}: CASS pairs "
-                          f"heads one to one; combinations that work: {works}")
-
-
-def build_model(clip_path: str = "ViT-B/16", vfm: str = "dino_vitb8", dino_path: str | None = None,
+def build_model(clip_path: str = "ViT-B/16", vfm: str = "dino_vitb8", vfm_path: str | None = None,
                 vfm_overrides: dict | None = None, name_path: str | os.PathLike | None = None,
                 classes: Sequence[str] | None = None, text_cache_dir: str | bool | None = None,
                 clip_model: nn.Module | None = None, vfm_model: nn.Module | None = None,
-                **settings: Any) -> CASSModel:
-    """CASS from release weights (or given modules) and flat config keys.
+                dino_path: str | None = None, **settings: Any) -> CASSModel:
+    """A model of the family from release weights (or given modules) and flat config keys.
+
+    Only what the configuration needs is built (:func:`cass.family.requirements`):
+    a CLIP-only method reads no VFM file. The towers are checked
+    (:func:`cass.family.check_towers`: head pairing, positional embedding)
+    on the VFM's architecture, before its weights are read.
 
     Args:
         clip_path: ``'ViT-B/16'``, ``'ViT-L/14'`` or ``'ViT-L/14@336px'`` (public
             OpenAI weights, downloaded once) or a local OpenAI ``.pt`` archive / state dict.
-        vfm: a key of :data:`cass.dino_keys.VFM_SPECS` (``'dino_vitb8'``,
+        vfm: a key of :data:`cass.backbones.VFM_SPECS` (``'dino_vitb8'``,
             ``'dinov2_vitb14_reg4'``, ``'dinov3_vitb16'``, ...; see ``docs/backbones.md``).
-            Its last block must have as many heads as CLIP's.
-        dino_path: local VFM release checkpoint; None downloads the public one
-            (DINOv3's are gated: None reads it from the weights cache or says where to get it).
+        vfm_path: local VFM release checkpoint (DINO, DINOv2 or DINOv3); None
+            downloads the public one (DINOv3's are gated: None reads it from the
+            weights cache or says where to get it).
         vfm_overrides: timm keyword arguments that resize the VFM's
             architecture (tiny test models); its weights are still loaded.
         name_path, classes: the vocabulary, as a class-name file or a list.
         text_cache_dir: text-embedding cache; None the default, False none.
         clip_model, vfm_model: ready modules instead of loading weights.
+        dino_path: the former name of ``vfm_path`` (still accepted).
         **settings: the method's settings, keys of :class:`~cass.config.CASSConfig`
-            (``global_semantics_weight=0.3``, ``slide_crop=0``, ...).
+            (``method='sclip'``, ``global_semantics_weight=0.3``, ``slide_crop=0``, ...).
     """
+    if dino_path is not None:
+        if vfm_path is not None and vfm_path != dino_path:
+            raise ConfigError("give the VFM weights once: vfm_path (dino_path is its former name)")
+        vfm_path = dino_path
     config = CASSConfig.from_keys(settings)
     if vfm not in VFM_SPECS:
         raise ConfigError(f"vfm must be one of {sorted(VFM_SPECS)}, got {vfm!r}")
     vocabulary = vocabulary_from(classes, name_path)
     clip = clip_model if clip_model is not None else load_clip(clip_path)
     vfm_module = None
-    if config.spectral.uses_vfm:  # heads checked before the VFM's weights are read
+    if requirements(config).vfm:
         vfm_module = vfm_model if vfm_model is not None else build_vfm(vfm, **(vfm_overrides or {}))
-        check_heads(clip, vfm_module, vfm)
+        check_towers(config, clip, vfm_module, vfm)  # on the architecture, before its weights are read
         if vfm_model is None:
-            vfm_module = load_vfm(vfm, dino_path, vfm_module)
+            vfm_module = load_vfm(vfm, vfm_path, vfm_module)
     return CASSModel(clip, vfm_module, vocabulary, config, VFM_SPECS[vfm], text_cache_dir)

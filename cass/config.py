@@ -9,9 +9,10 @@ keys are the only renamed ones (``precision`` -> ``precision.clip``,
 ``vfm_precision`` -> ``precision.vfm``).
 
 Defaults reproduce the released code (``docs/method.md``); the per-benchmark
-values live in ``configs/cfg_<benchmark>.py``. :class:`MethodConfig` picks the
-last block of the training-free family CASS builds on (``method='sclip'``, ...;
-``docs/methods.md``); its default is CASS.
+values live in ``configs/cfg_<benchmark>.py``. :class:`MethodConfig` picks a
+method of the family registered in :mod:`cass.family` (``method='sclip'``,
+...; ``docs/methods.md``); its default is CASS. What a configuration needs of
+its towers is :func:`cass.family.requirements`.
 """
 from __future__ import annotations
 
@@ -19,13 +20,11 @@ import difflib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .family import METHODS, get_method
+
 STRATEGIES = ("spectral", "sequential", "vanilla")
 DINO_INPUTS = ("reference", "plain")
 PRECISIONS = ("auto", "fp32", "tf32", "fp16", "bf16")
-# The last-block variants of the training-free family (cass/methods.py, docs/methods.md).
-METHODS = ("cass", "clip", "maskclip", "sclip", "clearclip", "naclip", "proxyclip")
-# Methods whose published last block keeps the residual and the feed-forward network.
-_RESIDUAL_METHODS = ("clip", "maskclip", "sclip")
 
 
 class ConfigError(ValueError):
@@ -85,10 +84,6 @@ class SpectralConfig:
         _check(0 < self.energy_threshold <= 1, f"energy_threshold must lie in (0, 1], got {self.energy_threshold}")
         _check(self.gaussian_std > 0, f"gaussian_std must be > 0, got {self.gaussian_std}")
         _check(self.vfm_weight >= 0, f"vfm_weight must be >= 0, got {self.vfm_weight}")
-
-    @property
-    def uses_vfm(self) -> bool:
-        return self.attn_strategy != "vanilla"
 
 
 @dataclass(frozen=True)
@@ -217,18 +212,20 @@ class MethodConfig:
     Everything else (trunk, sliding windows, text embeddings, post-processing,
     PAMR) is the same code for every method; the CASS-specific settings
     (``attn_strategy``, ``low_rank``, ...) only act on ``method='cass'``.
+    The published defaults come from the method's entry in :mod:`cass.family`.
 
     Attributes:
-        name: the config key ``method``: ``'cass'`` (default), ``'clip'``,
-            ``'maskclip'``, ``'sclip'``, ``'clearclip'``, ``'naclip'`` or
-            ``'proxyclip'``. NACLIP's sigma is ``gaussian_std``.
+        name: the config key ``method``: a name of :data:`cass.family.METHODS`
+            (``'cass'``, ``'clip'``, ``'maskclip'``, ``'sclip'``, ``'clearclip'``,
+            ``'naclip'``, ``'proxyclip'``). NACLIP's sigma is ``gaussian_std``.
         residual: keep the last block's residual and feed-forward network;
-            None: as the method was published (kept by clip, maskclip and
-            sclip, dropped by the others). CASS and ProxyCLIP have no such
-            variant (ProxyCLIP's output lives on the VFM's grid).
+            None: as the method was published (the entry's ``residual``: kept by
+            clip, maskclip and sclip, dropped by clearclip and naclip). CASS and
+            ProxyCLIP have no such variant (ProxyCLIP's output lives on the VFM's grid).
         refine_text: CASS's object-presence text refinement (``global_semantics_weight``,
-            ``mean_vector_weight``, ``h_threshold``); None: only for CASS, the
-            baselines use the plain template-averaged text embeddings.
+            ``mean_vector_weight``, ``h_threshold``); None: as published (the
+            entry's ``refines_text``: CASS only; the baselines use the plain
+            template-averaged text embeddings).
         proxy_beta: ProxyCLIP's beta: similarities below ``beta`` times their
             mean are masked out (published: 1.2).
         proxy_gamma: ProxyCLIP's gamma, the temperature of its attention (published: 3.0).
@@ -241,11 +238,11 @@ class MethodConfig:
     proxy_gamma: float = 3.0
 
     def __post_init__(self) -> None:
-        _check(self.name in METHODS, f"method must be one of {METHODS}, got {self.name!r}")
+        _check(self.name in METHODS, f"method must be one of {tuple(METHODS)}, got {self.name!r}")
         _check(self.residual in (None, True, False), f"residual must be True, False or None, got {self.residual!r}")
         _check(self.refine_text in (None, True, False),
                f"refine_text must be True, False or None, got {self.refine_text!r}")
-        _check(not (self.residual and self.name in ("cass", "proxyclip")),
+        _check(not (self.residual and get_method(self.name).residual is None),
                f"method {self.name!r} has no residual variant (residual=True)")
         _check(self.proxy_beta >= 0, f"proxy_beta must be >= 0, got {self.proxy_beta}")
         _check(self.proxy_gamma > 0, f"proxy_gamma must be > 0, got {self.proxy_gamma}")
@@ -253,12 +250,13 @@ class MethodConfig:
     @property
     def keeps_residual(self) -> bool:
         """Whether the last block keeps its residual and feed-forward network."""
-        return self.name in _RESIDUAL_METHODS if self.residual is None else self.residual
+        published = bool(get_method(self.name).residual)
+        return published if self.residual is None else self.residual
 
     @property
     def refines_text(self) -> bool:
         """Whether CASS's object-presence text refinement is applied."""
-        return self.name == "cass" if self.refine_text is None else self.refine_text
+        return get_method(self.name).refines_text if self.refine_text is None else self.refine_text
 
 
 # config keys whose dataclass field has another name
@@ -275,13 +273,6 @@ class CASSConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
-
-    @property
-    def uses_vfm(self) -> bool:
-        """Whether the model needs a VFM: CASS with a VFM strategy, or ProxyCLIP."""
-        if self.method.name == "cass":
-            return self.spectral.uses_vfm
-        return self.method.name == "proxyclip"
 
     @classmethod
     def key_table(cls) -> dict[str, tuple[str, str]]:

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import Tensor
 
+from .backbones import VFMSpec
 from .constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, REFERENCE_INVERSE_STD
-from .dino_keys import VFMSpec
 
 _PIL_BITS = 22  # PIL's PRECISION_BITS for 8-bit images: 32 - 8 - 2
 

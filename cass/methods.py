@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dino_keys import _tokens
+from .vfm_keys import embed_tokens
 
 
 def block_qkv(block: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -192,7 +192,7 @@ def vfm_last_features(model: nn.Module, images: Tensor) -> tuple[Tensor, tuple[i
 
     What DINO's and DINOv2's ``get_intermediate_layers(x, n=1)`` return:
     the last block's output tokens, layer-normalised, prefix (CLS, register)
-    tokens dropped. Positions are resized as in :mod:`cass.dino_keys` (DINO's
+    tokens dropped. Positions are resized as in :mod:`cass.vfm_keys` (DINO's
     own interpolation).
 
     Args:
@@ -205,7 +205,7 @@ def vfm_last_features(model: nn.Module, images: Tensor) -> tuple[Tensor, tuple[i
     if getattr(model, "rope", None) is not None:
         raise ValueError("proxyclip supports VFMs with an absolute positional embedding (DINO, DINOv2), "
                          "not rotary ones (DINOv3)")
-    x, grid = _tokens(model, images)
+    x, grid = embed_tokens(model, images)
     x = model.norm_pre(x)
     for block in model.blocks:
         x = block(x)

@@ -4,19 +4,18 @@
 open_clip, timm, scipy and scikit-learn only; mmseg sees it through the
 adapter in :mod:`cass.mmseg`. It orchestrates crops, batching, devices and
 post-processing (spec sections 0-6); the math lives in :mod:`cass.clip_vit`,
-:mod:`cass.dino_keys`, :mod:`cass.spectral`, :mod:`cass.text` and
+:mod:`cass.last_blocks`, :mod:`cass.spectral`, :mod:`cass.text` and
 :mod:`cass.pamr`. Each part runs inside a named :func:`cass.stages.stage`.
-``config.method`` swaps CASS's last block for one of the training-free
-baselines of :mod:`cass.methods`; everything else is shared.
+The last block is the configured method's (an entry of :mod:`cass.family`,
+its code in :mod:`cass.last_blocks`); everything else is shared, and nothing
+here names a method.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -24,16 +23,18 @@ import torch.nn.functional as F
 from open_clip.model import convert_weights_to_lp
 from torch import Tensor, nn
 
-from . import clip_vit, methods, spectral, text
-from .config import CASSConfig, ConfigError
-from .dino_input import plain_dino_images, reference_dino_images
-from .dino_keys import VFM_SPECS, VFMSpec, keys_on_clip_grid, last_block_keys, vfms_with_heads
+from . import clip_vit, methods, text
+from .backbones import VFM_SPECS, VFMSpec
+from .config import CASSConfig
+from .family import check_towers, get_method, requirements
 from .pamr import pamr_within_memory
 from .stages import stage
 from .text import Vocabulary
 
 logger = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# what model.to(dtype), .float(), .half() and .bfloat16() set as the precision of both towers
+DTYPE_PRECISIONS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 class Prediction(NamedTuple):
@@ -93,15 +94,20 @@ class CASSModel(nn.Module):
 
     The towers become part of the model. Their precision is set from
     ``config.precision`` when the model is built and whenever it is moved
-    (``.to()``, ``.cuda()``, ...): on CUDA by default CLIP in float16 and DINO
-    in float32 with TF32 products, like the released code; on the CPU float32.
-    Segmenting never changes a parameter or a dtype.
+    (``.to(device)``, ``.cuda()``, ...): on CUDA by default CLIP in float16 and
+    DINO in float32 with TF32 products, like the released code; on the CPU
+    float32. A cast sets that precision for both towers, as PyTorch users
+    expect: ``.half()`` / ``.to(torch.float16)`` is ``precision='fp16'``,
+    ``.bfloat16()`` ``'bf16'``, ``.float()`` ``'fp32'`` (LayerNorms and
+    embeddings stay float32, as in OpenAI's half-precision CLIP); ``.double()``
+    is refused. Segmenting never changes a parameter or a dtype.
 
     Args:
         clip: open_clip ``CLIP`` in OpenAI's layout (CLS pooling, EOT text pooling).
         vfm: timm ``VisionTransformer`` of ``vfm_spec``; None only where the
-            method does not use it (the ``'vanilla'`` strategy, the baselines
-            other than ProxyCLIP).
+            configuration does not use it (:func:`cass.family.requirements`:
+            the CLIP-only baselines, CASS's ``'vanilla'`` strategy); given
+            where it is not used, it is dropped.
         vocabulary: the classes (see :class:`~cass.text.Vocabulary`).
         config: every setting of the method.
         vfm_spec: what the VFM is (patch size, prefix tokens, fixed input size).
@@ -117,22 +123,12 @@ class CASSModel(nn.Module):
         self.vfm_spec = vfm_spec
         self.text_cache_dir = text_cache_dir
         self.clip = clip.eval()
-        method = self.config.method.name
-        if not self.config.uses_vfm:
-            vfm = None  # ordinary attention and the CLIP-only baselines never look at the VFM
-        elif vfm is None:
-            what = f"attn_strategy {self.config.spectral.attn_strategy!r}" if method == "cass" else f"method {method!r}"
-            raise ConfigError(f"{what} needs a VFM (vfm is None)")
-        elif method == "proxyclip" and getattr(vfm, "rope", None) is not None:
-            raise ConfigError("method 'proxyclip' needs a VFM with an absolute positional embedding "
-                              "(DINO, DINOv2), not a rotary one (DINOv3)")
+        self.method = get_method(self.config.method.name)
+        if not requirements(self.config).vfm:
+            vfm = None  # never looked at: not kept, not moved, not cast
+        check_towers(self.config, clip, vfm)
         self.vfm = vfm.eval() if vfm is not None else None
-        if self.vfm is not None and method == "cass":
-            heads = (self.vfm.blocks[-1].attn.num_heads, self.clip.visual.transformer.resblocks[-1].attn.num_heads)
-            if heads[0] != heads[1]:
-                fits = ", ".join(vfms_with_heads(heads[1]))
-                raise ConfigError(f"the VFM's last block has {heads[0]} heads and CLIP's {heads[1]}: CASS pairs "
-                                  f"heads one to one (public VFMs with {heads[1]} heads: {fits or 'none'})")
+        self._last_block = self.method.block()
         self._text: tuple[Tensor, Tensor, int] | None = None
         self.set_vocabulary(vocabulary)
         self._set_precision()
@@ -185,6 +181,51 @@ class CASSModel(nn.Module):
         self._set_precision()
         return self
 
+    def set_precision(self, precision: str, vfm_precision: str | None = None) -> CASSModel:
+        """Set the towers' precision (``'auto'``, ``'fp32'``, ``'tf32'``, ``'fp16'``, ``'bf16'``;
+        ``vfm_precision`` None: the same for the VFM) and cast them; returns the model."""
+        self.config = self.config.replace(precision=precision, vfm_precision=vfm_precision)
+        self._set_precision()
+        return self
+
+    def to(self, *args, **kwargs):  # noqa: ANN002, ANN003 - nn.Module's signature
+        """``nn.Module.to``; a dtype sets the precision of both towers (see the class docs)."""
+        dtype = kwargs.pop("dtype", None)
+        rest = []
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            elif isinstance(arg, Tensor):  # .to(tensor): its device and dtype
+                dtype = arg.dtype
+                rest.append(arg.device)
+            else:
+                rest.append(arg)
+        if dtype is not None:
+            self._precision_of(dtype)
+        return super().to(*rest, **kwargs) if rest or kwargs else self
+
+    def _precision_of(self, dtype: torch.dtype) -> None:
+        if dtype not in DTYPE_PRECISIONS:
+            raise TypeError(f"CASSModel computes in float32, float16 or bfloat16, not {dtype}; "
+                            "set_precision() gives every choice (tf32, a precision per tower)")
+        self.set_precision(DTYPE_PRECISIONS[dtype])
+
+    def float(self) -> CASSModel:
+        self._precision_of(torch.float32)
+        return self
+
+    def half(self) -> CASSModel:
+        self._precision_of(torch.float16)
+        return self
+
+    def bfloat16(self) -> CASSModel:
+        self._precision_of(torch.bfloat16)
+        return self
+
+    def double(self) -> CASSModel:
+        self._precision_of(torch.float64)
+        return self
+
     def text_state(self) -> tuple[Tensor, Tensor]:
         """Query embeddings (Q, E) and cluster ids (Q,) on the model's device.
 
@@ -197,7 +238,7 @@ class CASSModel(nn.Module):
         """:meth:`text_state` and the cluster count, kept on the host (reading it
         from the clusters on a GPU would wait for the GPU)."""
         if self._text is None:
-            with self._tf32("clip"):
+            with self.tf32("clip"):
                 feats = text.query_embeddings(self.clip, self.vocabulary.queries, cache_dir=self.text_cache_dir)
             self._use_text(feats)
         return self._text
@@ -216,7 +257,8 @@ class CASSModel(nn.Module):
         self._text = (feats.to(self.device), torch.as_tensor(clusters, device=self.device), int(clusters.max()) + 1)
 
     # ------------------------------------------------------------------ parts
-    def _tf32(self, tower: str) -> contextlib.AbstractContextManager:
+    def tf32(self, tower: str) -> contextlib.AbstractContextManager:
+        """TF32 products on CUDA inside the block when ``tower`` (``'clip'`` or ``'vfm'``) computes in tf32."""
         clip_precision, vfm_precision = self.precisions()
         precision = clip_precision if tower == "clip" else vfm_precision
         return tf32_matmuls(precision == "tf32" and self.device.type == "cuda")
@@ -224,84 +266,22 @@ class CASSModel(nn.Module):
     @torch.no_grad()
     def global_embeddings(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, E): the image embedding ``v`` of each whole image."""
-        with stage("clip"), self._tf32("clip"):
+        with stage("clip"), self.tf32("clip"):
             tokens, _ = clip_vit.clip_trunk(self.clip.visual, images)
             return clip_vit.global_embedding(self.clip.visual, tokens)
 
-    def vfm_keys(self, crops: Tensor, grid: tuple[int, int]) -> Tensor:
-        """DINO keys of the crops on the CLIP grid: (B, 3, Hc, Wc) -> (B, H, N, d) float32."""
-        cfg = self.config.spectral
-        with stage("dino"), self._tf32("vfm"):
-            make_input = reference_dino_images if cfg.dino_input == "reference" else plain_dino_images
-            keys, vfm_grid = last_block_keys(self.vfm, make_input(crops, self.vfm_spec))
-            return keys_on_clip_grid(keys, vfm_grid, grid, cfg.dino_keys_fp16)
-
-    def attention(self, queries: Tensor, keys: Tensor, crops: Tensor, grid: tuple[int, int]) -> Tensor:
-        """Attention of the reduced last block.
+    def patch_features(self, crops: Tensor, tokens: Tensor, grid: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
+        """The method's last block (its entry's ``last_block``, :mod:`cass.last_blocks`).
 
         Args:
-            queries, keys: (B, H, N, d) CLIP patch queries and keys.
             crops: (B, 3, Hc, Wc) the crops (the VFM's input).
-
-        Returns:
-            (B, H, N, N) row-stochastic attention, float32.
-        """
-        cfg = self.config.spectral
-        if cfg.attn_strategy == "vanilla":
-            with stage("spectral"):
-                logits = (queries.float() @ keys.float().transpose(-1, -2)) / math.sqrt(queries.shape[-1])
-                return logits.softmax(-1)
-        dino_keys = self.vfm_keys(crops, grid)
-        with stage("spectral"):
-            clip_keys = keys.float()
-            dino_keys = spectral.range_match(dino_keys, clip_keys, dims=(1, 2, 3))
-            if cfg.attn_strategy == "spectral":
-                logits = spectral.fuse_spectral(clip_keys, dino_keys, cfg)
-            else:
-                logits = spectral.fuse_sequential(clip_keys, dino_keys, cfg)
-            bias = spectral.gaussian_bias(grid, cfg.gaussian_std, device=logits.device)
-            return (logits + bias).softmax(-1)
-
-    def method_features(self, crops: Tensor, tokens: Tensor, grid: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
-        """Patch features of a baseline's last block (``config.method`` other than CASS).
-
-        Args:
-            crops: (B, 3, Hc, Wc) the crops (ProxyCLIP's VFM input).
             tokens: (B, 1 + N, D) CLIP tokens entering the last block.
+            grid: CLIP's patch grid.
 
         Returns:
-            (B, M, E) L2-normalised float32 features and their grid: CLIP's,
-            or the VFM's for ProxyCLIP.
+            (B, M, E) L2-normalised float32 features and their grid.
         """
-        cfg = self.config.method
-        visual = self.clip.visual
-        with stage("clip"), self._tf32("clip"):
-            q, k, v = methods.block_qkv(visual.transformer.resblocks[-1], tokens)
-        residual = tokens if cfg.keeps_residual else None
-        if cfg.name == "proxyclip":
-            with stage("dino"), self._tf32("vfm"):
-                images = plain_dino_images(crops, replace(self.vfm_spec, fixed_size=None))  # the crop as it is
-                vfm_feats, vfm_grid = methods.vfm_last_features(self.vfm, images)
-            with stage("spectral"):
-                attn = methods.proxy_attention(vfm_feats, cfg.proxy_beta, cfg.proxy_gamma)
-            with stage("clip"), self._tf32("clip"):
-                values = methods.values_on_grid(v[:, :, 1:], grid, vfm_grid)
-                return methods.last_block_features(visual, methods.attend(attn, values), None, 0), vfm_grid
-        with stage("spectral"):
-            if cfg.name == "maskclip":
-                attn = None  # identity: each token keeps its value
-            elif cfg.name == "clip":
-                attn = methods.vanilla_attention(q, k)
-            elif cfg.name == "sclip":
-                attn = methods.correlative_attention(q, k)
-            elif cfg.name == "clearclip":
-                attn = methods.self_self_attention(q)
-            else:  # naclip
-                bias = spectral.gaussian_bias(grid, self.config.spectral.gaussian_std, device=k.device)
-                attn = methods.self_self_attention(k, methods.with_prefix(bias))
-        with stage("clip"), self._tf32("clip"):
-            mixed = v if attn is None else methods.attend(attn, v)
-            return methods.last_block_features(visual, mixed, residual, 1), grid
+        return self._last_block(self, crops, tokens, grid)
 
     @torch.no_grad()
     def crop_logits(self, crops: Tensor, image_embeddings: Tensor | None) -> Tensor:
@@ -314,23 +294,16 @@ class CASSModel(nn.Module):
 
         Returns:
             (B, Q, Hc, Wc) float32 logits: ``S``, or ``F . t`` without text
-            refinement (the baselines).
+            refinement (the baselines' default).
         """
         text_feats, clusters, num_clusters = self._text_state()
         visual = self.clip.visual
         refines = self.config.method.refines_text
-        with stage("clip"), self._tf32("clip"):
+        with stage("clip"), self.tf32("clip"):
             tokens, grid = clip_vit.clip_trunk(visual, crops)
             if image_embeddings is None and refines:
                 image_embeddings = clip_vit.global_embedding(visual, tokens)
-        if self.config.method.name == "cass":
-            with stage("clip"), self._tf32("clip"):
-                queries, keys, values = clip_vit.last_block_qkv(visual, tokens)
-            attn = self.attention(queries, keys, crops, grid)
-            with stage("clip"), self._tf32("clip"):
-                feats = clip_vit.reduced_block_output(visual, attn, values)
-        else:
-            feats, grid = self.method_features(crops, tokens, grid)
+        feats, grid = self.patch_features(crops, tokens, grid)
         with stage("text"):
             if refines:
                 presence = image_embeddings.float() @ text_feats.T
@@ -346,7 +319,8 @@ class CASSModel(nn.Module):
     def query_logits(self, images: Sequence[Tensor]) -> list[Tensor]:
         """Sliding-window (or whole-image) query logits for each image.
 
-        All crops of all images go through the towers in batches of equal-size
+        Crops become an image as the method's entry says (``merge='logits'``,
+        the only way so far: the crops' logits averaged over the windows). All crops of all images go through the towers in batches of equal-size
         crops; the whole-image embedding ``v`` is computed once per image.
 
         Args:

@@ -21,9 +21,8 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
-from .constants import OPENAI_CLIP_ARCHS
-from .dino_keys import VFM_SPECS
-from .weights import build_vfm, clip_release_file, vfm_release_file
+from .backbones import CLIP_SPECS, VFM_SPECS
+from .weights import build_vfm
 
 TINY_VFM = dict(embed_dim=128, depth=2, num_heads=2)
 
@@ -35,7 +34,7 @@ def random_clip(tiny: bool = False, seed: int = 0, arch: str = "ViT-B/16") -> CL
     image size; text tower width 64, 1 layer.
     """
     torch.manual_seed(seed)
-    name = OPENAI_CLIP_ARCHS[arch]
+    name = CLIP_SPECS[arch].open_clip_name
     if tiny:
         vision = open_clip.get_model_config(name)["vision_cfg"]
         model = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=2, width=128, patch_size=vision["patch_size"],
@@ -134,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  "file names (for offline trials and benchmarks).")
     parser.add_argument("out_dir", type=Path,
                         help="folder for the files (e.g. ViT-B-16.pt, dino_vitbase8_pretrain.pth)")
-    parser.add_argument("--clip", nargs="*", default=["ViT-B/16"], choices=sorted(OPENAI_CLIP_ARCHS),
+    parser.add_argument("--clip", nargs="*", default=["ViT-B/16"], choices=sorted(CLIP_SPECS),
                         help="CLIP architectures (default ViT-B/16)")
     parser.add_argument("--vfm", nargs="*", default=["dino_vitb8"], choices=sorted(VFM_SPECS),
                         help="VFMs (default dino_vitb8)")
@@ -143,9 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for arch in args.clip:
-        print(write_clip(args.out_dir / clip_release_file(arch), args.tiny, args.seed, arch))
+        print(write_clip(args.out_dir / CLIP_SPECS[arch].release_file, args.tiny, args.seed, arch))
     for vfm in args.vfm:
-        print(write_dino(args.out_dir / vfm_release_file(vfm), args.tiny, args.seed, vfm=vfm))
+        print(write_dino(args.out_dir / VFM_SPECS[vfm].release_file, args.tiny, args.seed, vfm=vfm))
     return 0
 
 

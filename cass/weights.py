@@ -21,8 +21,7 @@ from open_clip.model import build_model_from_openai_state_dict
 from timm.models import eva, vision_transformer
 from torch import nn
 
-from .constants import OPENAI_CLIP_ARCHS, OPENAI_CLIP_URLS, VFM_GATED_FILES, VFM_URLS
-from .dino_keys import VFM_SPECS, VFMSpec, vfms_with_heads
+from .backbones import CLIP_SPECS, FORMAT_NAMES, VFM_SPECS, VFMSpec, vfms_with_heads
 
 
 class WeightsError(RuntimeError):
@@ -121,32 +120,22 @@ def clip_from_state_dict(state_dict: dict, source: str = "state dict") -> nn.Mod
 def load_clip(clip_path: str) -> nn.Module:
     """CLIP from a public name (``'ViT-B/16'``, ``'ViT-L/14'``, ``'ViT-L/14@336px'``:
     OpenAI's weights, cached) or a local OpenAI archive / state dict."""
-    if clip_path in OPENAI_CLIP_URLS and not Path(clip_path).is_file():
-        file = _fetch_public(OPENAI_CLIP_URLS[clip_path], "clip_path (--clip-path)")
+    if clip_path in CLIP_SPECS and not Path(clip_path).is_file():
+        file = _fetch_public(CLIP_SPECS[clip_path].url, "clip_path (--clip-path)")
     else:
         file = _local_file(clip_path, "CLIP")
     return clip_from_state_dict(read_clip_state_dict(file), str(file))
 
 
-def clip_release_file(arch: str) -> str:
-    """File name of OpenAI's release of ``arch`` (``'ViT-L/14'`` -> ``'ViT-L-14.pt'``)."""
-    return Path(OPENAI_CLIP_URLS[arch]).name
-
-
-def vfm_release_file(vfm: str) -> str:
-    """File name of ``vfm``'s public or gated release (``'dino_vitb8'`` -> ``'dino_vitbase8_pretrain.pth'``)."""
-    return Path(VFM_URLS[vfm]).name if vfm in VFM_URLS else VFM_GATED_FILES[vfm][0]
-
-
 def clip_heads(arch: str) -> int:
     """Heads of the last block of OpenAI CLIP ``arch`` (open_clip's config: width / head width)."""
-    vision = open_clip.get_model_config(OPENAI_CLIP_ARCHS[arch])["vision_cfg"]
+    vision = open_clip.get_model_config(CLIP_SPECS[arch].open_clip_name)["vision_cfg"]
     return vision["width"] // vision.get("head_width", 64)
 
 
 def head_pairings() -> dict[str, list[str]]:
     """For each public CLIP, the VFMs with as many heads (CASS pairs heads one to one)."""
-    return {arch: vfms_with_heads(clip_heads(arch)) for arch in OPENAI_CLIP_ARCHS}
+    return {arch: vfms_with_heads(clip_heads(arch)) for arch in CLIP_SPECS}
 
 
 def _spec(vfm: str) -> VFMSpec:
@@ -178,9 +167,6 @@ def dino_state_dict(checkpoint: dict) -> dict:
     return out
 
 
-_FORMAT_NAMES = {"dino": "DINO (facebookresearch/dino)", "dinov2": "DINOv2", "dinov3": "DINOv3"}
-
-
 def release_format(state_dict: dict) -> tuple[str, int]:
     """(format, register tokens) of a release state dict (after :func:`dino_state_dict`).
 
@@ -207,8 +193,8 @@ def _check_release(file: Path, vfm: str, model: nn.Module, state_dict: dict) -> 
     if (found, registers) != (spec.release_format, expected_registers):
         takes = sorted(name for name, s in VFM_SPECS.items()
                        if s.release_format == found and s.num_prefix_tokens - 1 == registers)
-        raise WeightsError(f"{file}: a {_FORMAT_NAMES[found]} checkpoint with {registers} register tokens, but vfm "
-                           f"{vfm!r} takes {_FORMAT_NAMES[spec.release_format]} with {expected_registers}; "
+        raise WeightsError(f"{file}: a {FORMAT_NAMES[found]} checkpoint with {registers} register tokens, but vfm "
+                           f"{vfm!r} takes {FORMAT_NAMES[spec.release_format]} with {expected_registers}; "
                            f"vfm for this file: {', '.join(takes) or 'none supported'}")
     patch = state_dict.get("patch_embed.proj.weight")
     if patch is not None and tuple(patch.shape[-2:]) != tuple(model.patch_embed.proj.weight.shape[-2:]):
@@ -252,14 +238,14 @@ def _load_rope_periods(file: Path, model: nn.Module, state_dict: dict) -> None:
 
 def _vfm_file(vfm: str) -> Path:
     """The public release of ``vfm`` in the cache (downloaded once), or the gated one placed there."""
-    setting = "dino_path (--dino-path)"
-    if vfm in VFM_URLS:
-        return _fetch_public(VFM_URLS[vfm], setting)
-    name, page = VFM_GATED_FILES[vfm]
-    target = _cache_dir() / name
+    setting = "vfm_path (--vfm-path)"
+    spec = VFM_SPECS[vfm]
+    if spec.url is not None:
+        return _fetch_public(spec.url, setting)
+    target = _cache_dir() / spec.release_file
     if not target.is_file():
-        raise WeightsError(f"{name} is not in {target.parent} and is not public: request it at {page} "
-                           f"(licence form), download it and set {setting} to its path")
+        raise WeightsError(f"{spec.release_file} is not in {target.parent} and is not public: request it at "
+                           f"{spec.download_page} (licence form), download it and set {setting} to its path")
     return target
 
 

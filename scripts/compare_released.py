@@ -51,7 +51,6 @@ CPU_PATCHES = {
     "cass_segmentor.py": [("device=torch.device('cuda')", "device=torch.device('cpu')"),
                           (".to('cuda')", ".to('cpu')")],
 }
-DINO_FILE = "dino_vitbase8_pretrain.pth"
 
 
 class ReleasedCodeError(RuntimeError):
@@ -162,11 +161,11 @@ def run_ours(clip_file: Path, dino_file: Path, family: str, photos: Sequence[str
     import torch
 
     from cass import build_model
-    from cass.api import MMSEG_KEYS, load_config
+    from cass.config_files import load_config, model_keys
 
     cfg = load_config(REPO / "configs" / f"{FAMILIES[family]}.py")
-    keys = {k: v for k, v in cfg.model.to_dict().items() if k not in MMSEG_KEYS}
-    keys.update(clip_path=str(clip_file), dino_path=str(dino_file), precision="fp32", canonical_matching=canonical,
+    keys = model_keys(cfg)
+    keys.update(clip_path=str(clip_file), vfm_path=str(dino_file), precision="fp32", canonical_matching=canonical,
                 text_cache_dir=str(work / "text_cache"))
     model = build_model(**keys)
     out = {}
@@ -180,12 +179,14 @@ def run_ours(clip_file: Path, dino_file: Path, family: str, photos: Sequence[str
 def compare(checkout: Path, families: Sequence[str], photos: Sequence[str], work: Path, exact_svd: bool = True,
             timeout: int = 7200, log=print) -> list[dict]:
     """Every (family, photo) case: agreement of this code (both tie rules) with the release."""
+    from cass.backbones import CLIP_SPECS, VFM_SPECS
     from cass.random_weights import write_clip, write_dino
 
-    clip_file = write_clip(work / "ViT-B-16.pt")
+    clip_file = write_clip(work / CLIP_SPECS["ViT-B/16"].release_file)
     hub = work / "torch_home" / "hub" / "checkpoints"
     hub.mkdir(parents=True)
-    dino_file = write_dino(hub / DINO_FILE)  # where the release's torch.hub download would put it
+    # where the release's torch.hub download would put it
+    dino_file = write_dino(hub / VFM_SPECS["dino_vitb8"].release_file)
     for family in families:
         for name, array in model_inputs(family, photos).items():
             np.savez(work / f"input_{family}_{name}.npz", input=array, ori_shape=np.array(photo(name).shape[:2]))

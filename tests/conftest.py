@@ -70,7 +70,7 @@ def _isolated_caches(tmp_path, monkeypatch):
 
 def model_keys(weights_dir: Path, class_file: Path, **overrides) -> dict:
     """Config keys of a tiny model (cass.build.build_model)."""
-    keys = dict(clip_path=str(weights_dir / "tiny_clip.pt"), dino_path=str(weights_dir / "tiny_dino.pth"),
+    keys = dict(clip_path=str(weights_dir / "tiny_clip.pt"), vfm_path=str(weights_dir / "tiny_dino.pth"),
                 vfm_overrides=TINY_VFM, name_path=str(class_file), global_semantics_weight=0.25,
                 mean_vector_weight=0.04, h_threshold=0.5, prob_thd=0.0)
     if "classes" in overrides:

@@ -9,8 +9,9 @@ from conftest import TINY_VFM
 from PIL import Image
 
 import cass.text
-from cass import VocabularyError, WeightsError
+from cass import ConfigError, VocabularyError, WeightsError
 from cass.api import ImageError, Segmenter
+from cass.config_files import MMSEG_KEYS, load_config, model_keys, with_vfm_path
 from cass.images import normalise, read_image, resize_keep_ratio
 from cass.visualize import class_colors, legend_entries, render
 
@@ -29,7 +30,7 @@ def random_rgb(h, w, seed=0):
 def make(weights_dir):
     def build(classes=CLASSES, **kwargs):
         return Segmenter(classes=classes, clip_path=str(weights_dir / "tiny_clip.pt"),
-                         dino_path=str(weights_dir / "tiny_dino.pth"), vfm_overrides=TINY_VFM, **kwargs)
+                         vfm_path=str(weights_dir / "tiny_dino.pth"), vfm_overrides=TINY_VFM, **kwargs)
     return build
 
 
@@ -155,17 +156,57 @@ def test_one_pixel_and_elongated_images(make):
         assert "\n" not in str(err.value)
 
 
-def test_large_image_is_resized_first(make, tmp_path):
-    """Only the output is at full size; a 10000 x 10000 image takes ~11 s and
-    6.5 GB with 4 classes (measured), 12 megapixels here."""
+def test_large_image_is_resized_first(make, tmp_path, monkeypatch):
+    """The model receives the image resized by mmseg's keep-ratio rule; only the output is at full size
+    (a 10000 x 10000 image takes ~11 s and 6.5 GB with 4 classes, measured; 12 megapixels here)."""
     segmenter = make(classes=["sky", "cat"])
+    received = []
+    forward = segmenter.model.forward
+
+    def spy(images, *args, **kwargs):
+        received.extend(tuple(image.shape) for image in images)
+        return forward(images, *args, **kwargs)
+
+    monkeypatch.setattr(segmenter.model, "forward", spy)
+    height, width = 3000, 4000
     path = tmp_path / "large.png"
-    cv2.imwrite(str(path), np.full((3000, 4000, 3), 120, np.uint8))
+    cv2.imwrite(str(path), np.full((height, width, 3), 120, np.uint8))
     result = segmenter(path)
-    assert result.probs.shape == (2, 3000, 4000) and result.labels.shape == (3000, 4000)
+    # mmcv.imrescale: the largest factor that keeps the long side within the scale's long edge and the
+    # short side within its short edge; sides rounded half up
+    long_edge, short_edge = max(segmenter.scale), min(segmenter.scale)
+    factor = min(long_edge / max(height, width), short_edge / min(height, width))
+    assert received == [(3, int(height * factor + 0.5), int(width * factor + 0.5))] == [(3, 336, 448)]
+    assert result.probs.shape == (2, height, width) and result.labels.shape == (height, width)
     probs = result.probs[:, ::7, ::7]
     assert np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()
     np.testing.assert_array_equal(probs.argmax(0), result.labels[::7, ::7])
+
+
+def test_vfm_path_and_its_old_name(weights_dir, tmp_path):
+    """``vfm_path`` loads the VFM's weights; ``dino_path`` is the same; both at once is a one-line error."""
+    common = dict(classes=["sky", "cat"], clip_path=str(weights_dir / "tiny_clip.pt"), vfm_overrides=TINY_VFM,
+                  slide_crop=0)
+    dino = str(weights_dir / "tiny_dino.pth")
+    image = random_rgb(40, 56, 11)
+    assert_same(Segmenter(vfm_path=dino, **common)(image), Segmenter(dino_path=dino, **common)(image))
+    with pytest.raises(WeightsError, match="absent.pth"):
+        Segmenter(vfm_path=str(tmp_path / "absent.pth"), **common)
+    with pytest.raises(ConfigError, match="give the VFM's weights once") as err:
+        Segmenter(vfm_path=dino, dino_path=dino, **common)
+    assert "\n" not in str(err.value)
+
+
+def test_config_model_keys():
+    """model_keys drops mmseg's own keys only; with_vfm_path uses the config's name for the VFM's weights."""
+    cfg = load_config(CONFIGS / "cfg_voc21.py", {"model.slide_stride": 56})
+    keys = model_keys(cfg)
+    assert set(keys) == set(cfg.model) - set(MMSEG_KEYS) and cfg.model.type == "CASSSegmentor"
+    assert keys["slide_stride"] == 56 and keys["name_path"] == str(CONFIGS / "cls_voc21.txt")
+    old = with_vfm_path({"dino_path": None, "prob_thd": 0.1}, "d.pth")
+    assert old == {"dino_path": "d.pth", "prob_thd": 0.1}
+    assert with_vfm_path({"prob_thd": 0.1}, "d.pth") == {"vfm_path": "d.pth", "prob_thd": 0.1}
+    assert with_vfm_path({"dino_path": None}, None) == {"dino_path": None}
 
 
 BAD_IMAGES = [

@@ -4,11 +4,16 @@ Tiny random models keep each backbone's patch size, image size, prefix tokens
 and positional scheme (2 layers, width 128, 2 heads); the base-size models are
 also built, written and loaded at full size once.
 """
+import ast
 import contextlib
+import importlib
 import os
+import sys
 from functools import partial
+from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
 import timm
 import torch
@@ -16,21 +21,23 @@ import torch.nn.functional as F
 from conftest import TINY_VFM
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-from cass import clip_vit, dino_input, dino_keys, random_weights, weights
+from cass import backbones, clip_vit, dino_input, random_weights, vfm_keys, weights
+from cass.backbones import CLIP_SPECS, VFM_SPECS, VFMSpec
 from cass.build import build_model
 from cass.config import ConfigError
-from cass.constants import OPENAI_CLIP_ARCHS, OPENAI_CLIP_URLS, VFM_GATED_FILES, VFM_URLS
-from cass.dino_keys import VFM_SPECS
+from cass.last_blocks import cass_vfm_keys
 from cass.weights import WeightsError
 
 VFMS = sorted(VFM_SPECS)
-CLIPS = sorted(OPENAI_CLIP_ARCHS)
+CLIPS = sorted(CLIP_SPECS)
+PUBLIC_VFMS = sorted(vfm for vfm, spec in VFM_SPECS.items() if spec.url is not None)
+GATED_VFMS = sorted(vfm for vfm, spec in VFM_SPECS.items() if spec.download_page is not None)
 # the CLIP each VFM pairs with at full size (as many heads)
 PAIRED_CLIP = {vfm: ("ViT-B/16" if spec.num_heads == 12 else "ViT-L/14") for vfm, spec in VFM_SPECS.items()}
 
 
 def tiny_vfm_file(tmp_path, vfm, seed=0, name=None):
-    return random_weights.write_dino(tmp_path / (name or weights.vfm_release_file(vfm)), tiny=True, seed=seed, vfm=vfm)
+    return random_weights.write_dino(tmp_path / (name or VFM_SPECS[vfm].release_file), tiny=True, seed=seed, vfm=vfm)
 
 
 def load_tiny(vfm, path):
@@ -81,18 +88,72 @@ def test_spec_matches_the_full_size_timm_model(vfm):
 
 def test_every_vfm_has_one_release_and_clip_heads_pair():
     for vfm in VFMS:
-        assert (vfm in VFM_URLS) != (vfm in VFM_GATED_FILES)
-    assert sorted(OPENAI_CLIP_URLS) == CLIPS
+        assert (vfm in PUBLIC_VFMS) != (vfm in GATED_VFMS)
+    assert CLIPS == ["ViT-B/16", "ViT-L/14", "ViT-L/14@336px"]
     assert {arch: weights.clip_heads(arch) for arch in CLIPS} == {"ViT-B/16": 12, "ViT-L/14": 16, "ViT-L/14@336px": 16}
     pairs = weights.head_pairings()
     assert pairs["ViT-B/16"] == ["dino_vitb8", "dino_vitb16", "dinov2_vitb14", "dinov2_vitb14_reg4", "dinov3_vitb16"]
     assert pairs["ViT-L/14"] == pairs["ViT-L/14@336px"] == ["dinov2_vitl14", "dinov2_vitl14_reg4", "dinov3_vitl16"]
 
 
+def test_release_files_and_urls_come_from_the_table():
+    assert {arch: (spec.open_clip_name, spec.release_file) for arch, spec in CLIP_SPECS.items()} == {
+        "ViT-B/16": ("ViT-B-16", "ViT-B-16.pt"), "ViT-L/14": ("ViT-L-14", "ViT-L-14.pt"),
+        "ViT-L/14@336px": ("ViT-L-14-336", "ViT-L-14-336px.pt")}
+    for spec in CLIP_SPECS.values():
+        assert spec.url.startswith("https://openaipublic.azureedge.net/clip/models/")
+        assert open_clip.get_model_config(spec.open_clip_name) is not None
+    assert VFM_SPECS["dino_vitb8"].release_file == "dino_vitbase8_pretrain.pth"
+    assert VFM_SPECS["dinov2_vitl14_reg4"].url == (
+        "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_reg4_pretrain.pth")
+    assert VFM_SPECS["dinov3_vitl16"].release_file == "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth"
+    assert GATED_VFMS == ["dinov3_vitb16", "dinov3_vitl16"]
+    assert {VFM_SPECS[vfm].download_page for vfm in GATED_VFMS} == {backbones.DINOV3_DOWNLOAD_PAGE}
+    for spec in VFM_SPECS.values():
+        assert spec.release_format in backbones.FORMAT_NAMES
+        assert spec.url is None or spec.url.endswith("/" + spec.release_file)
+
+
+@pytest.mark.parametrize("fields, fragment", [
+    (dict(release_format="dinov4", url="https://x/f.pth"), "release_format"),
+    (dict(), "either a public url or a gated download_page"),
+    (dict(url="https://x/f.pth", download_page="https://x/"), "either a public url or a gated download_page"),
+    (dict(url="https://x/other.pth"), "does not end in the release file"),
+])
+def test_vfm_spec_rejects_an_inconsistent_entry(fields, fragment):
+    args = dict(timm_name="vit_base_patch8_224", patch_size=8, fixed_size=None, num_prefix_tokens=1, num_heads=12,
+                release_format="dino", release_file="f.pth") | fields
+    with pytest.raises(ValueError, match=fragment):
+        VFMSpec(**args)
+
+
+def test_backbone_table_imports_only_the_standard_library():
+    """Command lines can list the backbones without torch (the table module imports nothing else)."""
+    tree = ast.parse(Path(backbones.__file__).read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.level == 0}
+    assert imported and imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+    assert not any(isinstance(node, ast.ImportFrom) and node.level > 0 for node in ast.walk(tree))
+
+
+def test_dino_keys_is_a_deprecated_alias_of_the_same_objects(monkeypatch):
+    monkeypatch.delitem(sys.modules, "cass.dino_keys", raising=False)
+    with pytest.warns(DeprecationWarning, match="cass.vfm_keys"):
+        old = importlib.import_module("cass.dino_keys")
+    for name in ("VFM_SPECS", "VFMSpec", "vfms_with_heads"):
+        assert getattr(old, name) is getattr(backbones, name)
+    for name in ("embed_tokens", "last_block_keys", "keys_on_clip_grid"):
+        assert getattr(old, name) is getattr(vfm_keys, name)
+    from cass.dino_keys import VFM_SPECS as old_specs, last_block_keys as old_keys
+    assert old_specs is VFM_SPECS and old_keys is vfm_keys.last_block_keys
+
+
 # ----------------------------------------------------------------------------- CLIP
 @pytest.mark.parametrize("arch", CLIPS)
 def test_clip_release_file_loads_and_trunk_follows_the_patch(tmp_path, arch):
-    path = random_weights.write_clip(tmp_path / weights.clip_release_file(arch), tiny=True, seed=2, arch=arch)
+    path = random_weights.write_clip(tmp_path / CLIP_SPECS[arch].release_file, tiny=True, seed=2, arch=arch)
     loaded = weights.load_clip(str(path))
     vision = loaded.visual
     patch, native = (16, 224) if arch == "ViT-B/16" else (14, 336 if arch.endswith("336px") else 224)
@@ -136,8 +197,8 @@ def test_vfm_release_file_loads_every_tensor(tmp_path, vfm):
         assert torch.equal(loaded.rope.periods, stored) and not torch.equal(stored, reference.rope.periods)
         reference.rope.periods.copy_(stored)  # Meta's model uses the stored (bfloat16-rounded) periods
     images = torch.randn(1, 3, 112, 112)
-    torch.testing.assert_close(dino_keys.last_block_keys(loaded, images)[0],
-                               dino_keys.last_block_keys(reference, images)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vfm_keys.last_block_keys(loaded, images)[0],
+                               vfm_keys.last_block_keys(reference, images)[0], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("vfm", ["dino_vitb16", "dinov2_vitb14_reg4", "dinov3_vitb16"])
@@ -151,14 +212,14 @@ def test_full_training_checkpoint_layout_loads(tmp_path, vfm):
 @pytest.mark.parametrize("vfm", ["dino_vitb16", "dinov2_vitb14", "dinov3_vitb16"])
 def test_full_size_release_file_loads(tmp_path, vfm):
     """Full-size base models: built, written in the release layout and loaded strictly."""
-    path = random_weights.write_dino(tmp_path / weights.vfm_release_file(vfm), seed=5, vfm=vfm)
+    path = random_weights.write_dino(tmp_path / VFM_SPECS[vfm].release_file, seed=5, vfm=vfm)
     loaded = weights.load_vfm(vfm, str(path))
     reference = random_weights.random_dino(seed=5, vfm=vfm)
     for key, value in reference.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     spec = VFM_SPECS[vfm]
     images = dino_input.reference_dino_images(torch.randn(1, 3, 224, 224), spec)
-    keys, grid = dino_keys.last_block_keys(loaded, images)
+    keys, grid = vfm_keys.last_block_keys(loaded, images)
     side = (spec.fixed_size or 224) // spec.patch_size
     assert grid == (side, side) and keys.shape == (1, 12, side * side, 64)
 
@@ -178,7 +239,7 @@ def test_keys_are_the_keys_of_the_models_own_attention(monkeypatch, vfm):
     with sdpa_keys(monkeypatch) as captured, torch.no_grad():
         model.forward_features(images)
     assert len(captured) == len(model.blocks)
-    keys, grid = dino_keys.last_block_keys(model, images)
+    keys, grid = vfm_keys.last_block_keys(model, images)
     n = grid[0] * grid[1]
     assert grid == (size[0] // spec.patch_size, size[1] // spec.patch_size) and keys.shape == (2, 2, n, 64)
     torch.testing.assert_close(keys, captured[-1][:, :, spec.num_prefix_tokens:], atol=1e-5, rtol=1e-5)
@@ -191,28 +252,28 @@ def test_dinov3_keys_before_rope_on_request():
     images = torch.randn(1, 3, 96, 128)
     with torch.no_grad():
         model.forward_features(images)
-    plain, grid = dino_keys.last_block_keys(model, images, rotary=False)
-    rotated, _ = dino_keys.last_block_keys(model, images)
+    plain, grid = vfm_keys.last_block_keys(model, images, rotary=False)
+    rotated, _ = vfm_keys.last_block_keys(model, images)
     torch.testing.assert_close(plain, captured["k"][:, :, 5:], atol=1e-5, rtol=1e-5)
     # RoPE is a rotation per pair of channels: norms kept, directions changed
     torch.testing.assert_close(rotated.norm(dim=-1), plain.norm(dim=-1), atol=1e-4, rtol=1e-4)
     assert (rotated - plain).abs().max() > 0.1
     # and DINO/DINOv2 keys do not depend on the switch
     dino = random_weights.random_dino(tiny=True, vfm="dino_vitb16")
-    assert torch.equal(dino_keys.last_block_keys(dino, images, rotary=False)[0],
-                       dino_keys.last_block_keys(dino, images)[0])
+    assert torch.equal(vfm_keys.last_block_keys(dino, images, rotary=False)[0],
+                       vfm_keys.last_block_keys(dino, images)[0])
 
 
 # ----------------------------------------------------------------------------- end to end
 def cass_from_files(tmp_path, vfm, seed=0, clip=None, **settings):
     clip = clip or PAIRED_CLIP[vfm]
-    clip_file = tmp_path / weights.clip_release_file(clip)
+    clip_file = tmp_path / CLIP_SPECS[clip].release_file
     if not clip_file.exists():
         random_weights.write_clip(clip_file, tiny=True, arch=clip)
     dino_file = tiny_vfm_file(tmp_path, vfm, seed=seed, name=f"{vfm}-{seed}.pth")
     keys = dict(global_semantics_weight=0.25, mean_vector_weight=0.04, h_threshold=0.5, prob_thd=0.0)
     keys.update(settings)
-    return build_model(clip_path=str(clip_file), vfm=vfm, dino_path=str(dino_file), vfm_overrides=TINY_VFM,
+    return build_model(clip_path=str(clip_file), vfm=vfm, vfm_path=str(dino_file), vfm_overrides=TINY_VFM,
                        classes=["sky", "cat", "dog"], text_cache_dir=False, **keys)
 
 
@@ -256,7 +317,7 @@ def test_backbone_and_method_through_config_options(tmp_path):
     dino_file = tiny_vfm_file(tmp_path, "dinov3_vitb16")
     image = (torch.rand(96, 128, 3) * 255).to(torch.uint8).numpy()
     for method in ("cass", "sclip"):
-        segmenter = Segmenter(classes=["sky", "cat"], clip_path=str(clip_file), dino_path=str(dino_file),
+        segmenter = Segmenter(classes=["sky", "cat"], clip_path=str(clip_file), vfm_path=str(dino_file),
                               cfg_options={"model.vfm": "dinov3_vitb16", "model.method": method,
                                            **{f"model.vfm_overrides.{k}": v for k, v in TINY_VFM.items()}},
                               text_cache_dir=False)
@@ -270,7 +331,7 @@ def test_cass_end_to_end_clip_large_336(tmp_path):
     crops = torch.randn(1, 3, 336, 336)
     _, grid = clip_vit.clip_trunk(model.clip.visual, crops)
     assert grid == (24, 24)
-    assert model.vfm_keys(crops, grid).shape == (1, 2, 24 * 24, 64)
+    assert cass_vfm_keys(model, crops, grid).shape == (1, 2, 24 * 24, 64)
     pred = model([torch.randn(3, 336, 400)])[0]
     assert pred.probs.shape == (3, 336, 400) and torch.isfinite(pred.probs).all()
 
@@ -278,9 +339,9 @@ def test_cass_end_to_end_clip_large_336(tmp_path):
 def test_cass_full_size_base_models_end_to_end(tmp_path):
     """Full-size CLIP ViT-B/16 and DINOv3 ViT-B/16 from release files, whole-image pass."""
     clip_file = random_weights.write_clip(tmp_path / "ViT-B-16.pt", seed=1)
-    dino_file = random_weights.write_dino(tmp_path / weights.vfm_release_file("dinov3_vitb16"), seed=1,
+    dino_file = random_weights.write_dino(tmp_path / VFM_SPECS["dinov3_vitb16"].release_file, seed=1,
                                           vfm="dinov3_vitb16")
-    model = build_model(clip_path=str(clip_file), vfm="dinov3_vitb16", dino_path=str(dino_file),
+    model = build_model(clip_path=str(clip_file), vfm="dinov3_vitb16", vfm_path=str(dino_file),
                         classes=["sky", "cat"], text_cache_dir=False, slide_crop=0)
     assert model.vfm.blocks[-1].attn.num_heads == 12 and len(model.vfm.blocks) == 12
     pred = model([torch.randn(3, 224, 224)])[0]
@@ -294,7 +355,7 @@ def test_random_weights_cli_writes_release_names(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "ViT-L-14.pt", "dinov2_vitl14_reg4_pretrain.pth", "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth"]
     model = build_model(clip_path=str(tmp_path / "ViT-L-14.pt"), vfm="dinov3_vitl16",
-                        dino_path=str(tmp_path / "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth"),
+                        vfm_path=str(tmp_path / "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth"),
                         vfm_overrides=TINY_VFM, classes=["a", "b"], text_cache_dir=False)
     assert model.patch_size == 14 and model.vfm_spec.patch_size == 16
 
@@ -308,10 +369,10 @@ def test_mismatched_heads_name_the_combinations_that_work(tmp_path):
                 quick_gelu=True)
     torch.save(clip.state_dict(), tmp_path / "clip3.pt")
     with pytest.raises(ConfigError) as err:
-        build_model(clip_path=str(tmp_path / "clip3.pt"), vfm="dinov3_vitb16", dino_path=str(tmp_path / "none.pth"),
+        build_model(clip_path=str(tmp_path / "clip3.pt"), vfm="dinov3_vitb16", vfm_path=str(tmp_path / "none.pth"),
                     vfm_overrides=TINY_VFM, classes=["a"], text_cache_dir=False)
     message = str(err.value)
-    assert "\n" not in message and "3 heads" in message and "'dinov3_vitb16' 2" in message
+    assert "\n" not in message and "3 heads and vfm 'dinov3_vitb16' 2" in message
     assert "CLIP ViT-B/16 with dino_vitb8, dino_vitb16, dinov2_vitb14, dinov2_vitb14_reg4, dinov3_vitb16" in message
     assert "CLIP ViT-L/14 with dinov2_vitl14, dinov2_vitl14_reg4, dinov3_vitl16" in message
 
@@ -321,22 +382,22 @@ def test_missing_file_names_it(tmp_path, vfm):
     one_line_error(lambda: load_tiny(vfm, tmp_path / "nope.pth"), "weights file not found", "nope.pth")
 
 
-@pytest.mark.parametrize("vfm", sorted(VFM_URLS))
+@pytest.mark.parametrize("vfm", PUBLIC_VFMS)
 def test_public_vfm_offline_names_file_and_setting(vfm):
     one_line_error(lambda: weights.load_vfm(vfm, None, weights.build_vfm(vfm, **TINY_VFM)),
-                   weights.vfm_release_file(vfm), VFM_URLS[vfm], "dino_path (--dino-path)")
+                   VFM_SPECS[vfm].release_file, VFM_SPECS[vfm].url, "vfm_path (--vfm-path)")
 
 
 @pytest.mark.parametrize("arch", CLIPS)
 def test_public_clip_offline_names_file_and_setting(arch):
-    one_line_error(lambda: weights.load_clip(arch), weights.clip_release_file(arch), "clip_path (--clip-path)")
+    one_line_error(lambda: weights.load_clip(arch), CLIP_SPECS[arch].release_file, "clip_path (--clip-path)")
 
 
-@pytest.mark.parametrize("vfm", sorted(VFM_GATED_FILES))
+@pytest.mark.parametrize("vfm", GATED_VFMS)
 def test_gated_dinov3_names_the_page_and_setting_and_is_read_from_the_cache(tmp_path, monkeypatch, vfm):
-    name, page = VFM_GATED_FILES[vfm]
+    name, page = VFM_SPECS[vfm].release_file, VFM_SPECS[vfm].download_page
     message = one_line_error(lambda: weights.load_vfm(vfm, None, weights.build_vfm(vfm, **TINY_VFM)),
-                             name, page, "dino_path (--dino-path)", "licence")
+                             name, page, "vfm_path (--vfm-path)", "licence")
     assert "could not be downloaded" not in message  # gated: no download is tried
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -433,7 +494,7 @@ def test_release_layout_and_keys_match_the_reference_code(tmp_path, monkeypatch,
     with sdpa_keys(monkeypatch) as captured, torch.no_grad():
         meta.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.append(o))
         meta.forward_features(images) if spec.release_format != "dino" else meta(images)
-    keys, grid = dino_keys.last_block_keys(load_tiny(vfm, path), images)
+    keys, grid = vfm_keys.last_block_keys(load_tiny(vfm, path), images)
     if spec.release_format == "dinov3":  # the k handed to the attention, after RoPE
         expected = captured[-1]
     else:  # the k part of the last qkv projection

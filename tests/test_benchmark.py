@@ -1,15 +1,20 @@
 """benchmark.py and the released-structure baseline, with tiny random models."""
+import copy
 import importlib.util
 import json
-import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import model_keys
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import pdist
 
 from cass import build_model, stages
 from cass.bench import reference_loop
+from cass.config import PRECISIONS
+from cass.random_weights import random_dino
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,16 +77,33 @@ def test_reference_loop_rejects_unsupported_settings(build):
         reference_loop.query_logits(seg, benchmark.random_images(1, (224, 224))[0])
 
 
+class FakeClock:
+    """A clock that moves only when told to (seconds that are exact binary fractions)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
 def test_stage_timer_counts_exclusive_time():
-    timer = benchmark.StageTimer(torch.device("cpu"))
+    clock = FakeClock()
+    timer = benchmark.StageTimer(torch.device("cpu"), clock=clock)
     with timer.stage("outer"):
-        time.sleep(0.02)
+        clock.advance(2.0)
         with timer.stage("inner"):
-            time.sleep(0.03)
+            clock.advance(3.0)
         with timer.stage("inner"):
-            time.sleep(0.01)
-    assert 0.035 <= timer.times["inner"] < 0.1
-    assert 0.015 <= timer.times["outer"] < 0.06
+            clock.advance(0.5)
+            with timer.stage("deepest"):
+                clock.advance(4.0)
+        clock.advance(0.25)
+    assert timer.times == {"outer": 2.25, "inner": 3.5, "deepest": 4.0}
+    assert sum(timer.times.values()) == clock.now  # exclusive times add up to the whole run
 
 
 def test_stages_are_observed_without_patching(build):
@@ -106,34 +128,61 @@ def test_stages_are_observed_without_patching(build):
     assert {f"cass.{name}" for name in stages.STAGES} <= names
 
 
-def test_main_reports_sane_numbers(tmp_path, capsys):
+def slide_grids(side, crop=224, stride=112):
+    """mmseg's slide inference: windows along one side."""
+    return max(side - crop + stride - 1, 0) // stride + 1
+
+
+def test_main_reports_numbers_that_match_a_recomputation(tmp_path, capsys):
     out = tmp_path / "result.json"
+    size = (224, 336)
     argv = ["--tiny", "--mode", "both", "--size", "224", "336", "--num-classes", "6", "--repeats", "2",
             "--warmup", "0", "--breakdown-repeats", "1", "--check-agreement", "--precision", "bf16",
-            "--agreement-images", "1",
-            "--json", str(out)]
+            "--agreement-images", "2", "--json", str(out)]
     assert benchmark.main(argv) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("command: python benchmark.py --tiny --mode both")
     result = json.loads(out.read_text())
     setting = result["setting"]
-    assert setting["crops"] == 2 and setting["classes"] == 6 and 1 <= setting["clusters"] <= 6
+    assert setting["crops"] == slide_grids(size[0]) * slide_grids(size[1]) == 2
+    assert (setting["size"], setting["ori_size"]) == ([224, 336], [224, 336])
+    assert (setting["classes"], setting["queries"], setting["vocabulary"]) == (6, 6, "6 names 'class i'")
+    assert (setting["precision"], setting["settings"]["precision"]) == ("bf16", "bf16")
     for mode in ("fast", "reference-loop"):
         r = result[mode]
         assert len(r["seconds_per_run"]) == 2 and all(t > 0 for t in r["seconds_per_run"])
-        assert r["median_s"] > 0 and r["images_per_s"] == pytest.approx(1 / r["median_s"])
+        assert r["median_s"] == pytest.approx(float(np.median(r["seconds_per_run"])))
+        assert r["images_per_s"] == pytest.approx(1 / r["median_s"])
         assert r["ms_per_image"] == pytest.approx(1000 * r["median_s"])
         assert r["peak_memory_mb"] > 0
         stages = r["stages_ms_per_image"]
         assert set(stages) == set(benchmark.STAGES)
         assert all(v >= 0 for v in stages.values())
         assert all(stages[k] > 0 for k in ("clip", "dino", "spectral", "text", "post"))
-        assert sum(stages.values()) <= r["instrumented_ms_per_image"] * (1 + 1e-9)
+        assert sum(stages.values()) == pytest.approx(r["instrumented_ms_per_image"])
         assert f"{mode}:" in printed
-    assert result["speedup"] > 0
+    assert result["speedup"] == pytest.approx(result["fast"]["images_per_s"] / result["reference-loop"]["images_per_s"])
+
+    # The same model, rebuilt here from the reported settings and the seed-0 random towers.
+    names = [f"class {i}" for i in range(6)]
+    model = build_model(**setting["settings"], vfm="dino_vitb8", classes=names,
+                        clip_model=benchmark.random_openai_clip(True, 0, "ViT-B/16"), vfm_model=random_dino(True, 0))
+    embeddings = model.text_state()[0].double().numpy()
+    tree = linkage(pdist(embeddings, "cosine"), method="ward")
+    assert setting["clusters"] == fcluster(tree, t=setting["settings"]["h_threshold"], criterion="distance").max()
+    # Agreement: labels of the float32 copy and of the bf16 model on the seed-1 images, one image per call.
+    reference = build_model(**{**setting["settings"], "precision": "fp32"}, vfm="dino_vitb8", classes=names,
+                            clip_model=copy.deepcopy(model.clip), vfm_model=copy.deepcopy(model.vfm))
+    images = benchmark.random_images(2, size, seed=1)
+    with torch.no_grad():
+        same = [(reference([image], [size])[0].labels == model([image], [size])[0].labels).double().mean()
+                for image in images]
     agreement = result["agreement"]
-    assert agreement["images"] == 1 and agreement["precision"] == "bf16"
-    assert 0.95 <= agreement["pixel_agreement"] < 1.0  # bfloat16 moves a few labels, not many
+    assert (agreement["images"], agreement["precision"]) == (2, "bf16")
+    pixel = 1 / (size[0] * size[1])  # reported as float32 shares: equal to well within one pixel
+    assert agreement["pixel_agreement"] == pytest.approx(float(sum(same) / 2), abs=pixel / 100)
+    assert agreement["worst_image_agreement"] == pytest.approx(float(min(same)), abs=pixel / 100)
+    assert 0 <= agreement["worst_image_agreement"] <= agreement["pixel_agreement"] <= 1
 
 
 def test_main_text_mode(tmp_path):
@@ -159,11 +208,14 @@ def test_main_rejects_bad_arguments(capsys):
 def test_main_times_a_baseline_through_the_same_stages(method, stages, tmp_path, capsys):
     out = tmp_path / "result.json"
     argv = ["--tiny", "--method", method, "--size", "224", "336", "--num-classes", "4", "--repeats", "1",
-            "--warmup", "0", "--breakdown-repeats", "1", "--json", str(out)]
+            "--warmup", "0", "--breakdown-repeats", "1", "--cfg-options", "model.slide_crop=0", "--json", str(out)]
     assert benchmark.main(argv) == 0
     assert f"method {method}, CLIP ViT-B/16 + dino_vitb8;" in capsys.readouterr().out
     result = json.loads(out.read_text())
-    assert result["setting"]["method"] == method and result["setting"]["settings"]["method"] == method
+    setting = result["setting"]
+    assert setting["method"] == method and setting["settings"]["method"] == method
+    assert (setting["crops"], setting["crop_desc"], setting["settings"]["slide_crop"]) == (1, "whole-image pass", 0)
+    assert setting["precision"] == "fp32"  # the config's 'auto' on the CPU
     timed = result["fast"]["stages_ms_per_image"]
     assert all(timed[k] > 0 for k in stages)
     if method == "naclip":
@@ -189,3 +241,55 @@ def test_main_times_other_backbones(tmp_path, capsys):
         benchmark.main(["--tiny", "--vfm", "dinov2_vitb14_reg4", "--mode", "both"])
     assert exit_info.value.code == 2
     assert "for VFMs with a CLS token only" in capsys.readouterr().err
+
+
+def test_cfg_options_take_the_model_form(capsys):
+    """The same form as eval.py and demo.py; --method is model.method; a bare key is refused in one line."""
+    args = benchmark.parse_args(["--cfg-options", "model.slide_crop=0", "model.vfm=dino_vitb16",
+                                 "--method", "sclip"])
+    assert (args.model_keys["slide_crop"], args.model_keys["method"], args.vfm) == (0, "sclip", "dino_vitb16")
+    assert args.model_keys["global_semantics_weight"] == 0.3  # the rest from configs/cfg_ade20k.py
+    for option, message in [
+        ("slide_crop=0", "--cfg-options slide_crop=...: write model.slide_crop=... "
+                         "(mmseg's form, as in eval.py and demo.py)"),
+        ("test_dataloader.num_workers=0", "--cfg-options test_dataloader.num_workers=...: benchmark.py takes "
+                                          "the model's settings only, model.<key>=..."),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark.main(["--cfg-options", option])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"benchmark.py: error: {message}"
+
+
+def test_unknown_setting_fails_before_the_towers(monkeypatch, capsys):
+    monkeypatch.setattr(benchmark, "random_openai_clip", lambda *a: pytest.fail("a tower was built"))
+    assert benchmark.main(["--tiny", "--cfg-options", "model.slide_crops=0"]) == 1
+    assert "unknown model setting 'slide_crops' (did you mean 'slide_crop'?)" in capsys.readouterr().err
+
+
+def test_precision_choices_and_default_are_the_configs(capsys):
+    for precision in PRECISIONS:
+        args = benchmark.parse_args(["--precision", precision])
+        assert benchmark.model_settings(args.model_keys, args.precision, 32)["precision"] == precision
+    args = benchmark.parse_args([])
+    assert args.precision is None
+    assert benchmark.model_settings(args.model_keys, None, 32)["precision"] == "auto"  # configs/_base_
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--precision", "fp64"])
+    assert "invalid choice: 'fp64'" in capsys.readouterr().err
+
+
+def test_real_weights_load_through_build_model_under_both_flag_names(weights_dir):
+    """--vfm-weights and its old name --dino-weights give the same model; the files (written from the
+    seed-0 random towers, CLIP rounded to float16 like OpenAI's release) load to the random towers."""
+    random_model = benchmark.timed_model(benchmark.parse_args(["--tiny"]), ["cat", "dog"])
+    for flag in ("--vfm-weights", "--dino-weights"):
+        args = benchmark.parse_args(["--tiny", "--clip-weights", str(weights_dir / "tiny_clip.pt"),
+                                     flag, str(weights_dir / "tiny_dino.pth")])
+        assert args.vfm_weights == str(weights_dir / "tiny_dino.pth")
+        model = benchmark.timed_model(args, ["cat", "dog"])
+        for name, value in random_model.vfm.state_dict().items():
+            torch.testing.assert_close(model.vfm.state_dict()[name], value, rtol=0, atol=0)
+        for name, value in random_model.clip.state_dict().items():
+            expected = value.half().float() if value.is_floating_point() else value
+            torch.testing.assert_close(model.clip.state_dict()[name], expected, rtol=0, atol=0)

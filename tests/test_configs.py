@@ -35,7 +35,7 @@ BENCHMARKS = {
     "ade20k": ("ADE20KDataset", "data/ade/ADEChallengeData2016", "cls_ade20k.txt", 0.30, 0.05, 0.06, 0.0, 336, {}),
 }
 BASE_FLAGS = dict(slide_crop=224, slide_stride=112, eigenscaling=True, prior_from_crop=False, pamr_steps=0,
-                  logit_scale=40, clip_path="ViT-B/16", dino_path=None, vfm="dino_vitb8")
+                  logit_scale=40, clip_path="ViT-B/16", vfm_path=None, vfm="dino_vitb8")
 
 # The published vocabularies (SCLIP/CASS naming) are benchmark definitions: a
 # changed byte changes the numbers. sha256 of each file as shipped.
@@ -99,7 +99,7 @@ from mmseg.registry import MODELS
 built = {{}}
 for name in {sorted(BENCHMARKS)!r}:
     cfg = Config.fromfile({str(CONFIGS)!r} + f"/cfg_{{name}}.py")
-    cfg.model.update(clip_path={str(weights_dir / "tiny_clip.pt")!r}, dino_path={str(weights_dir / "tiny_dino.pth")!r},
+    cfg.model.update(clip_path={str(weights_dir / "tiny_clip.pt")!r}, vfm_path={str(weights_dir / "tiny_dino.pth")!r},
                      vfm_overrides=dict(embed_dim=128, depth=2, num_heads=2), text_cache_dir=False)
     model = MODELS.build(cfg.model)
     config = model.model.config
@@ -117,50 +117,47 @@ assert 'cass.mmseg' in sys.modules
         assert built[name] == ["CASSSegmentor", classes, flags.get("slide_crop", 224), flags.get("eigenscaling", True)]
 
 
-def _method_protocols():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("method_protocols", CONFIGS / "methods.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_method_protocols_merge_into_every_benchmark_config():
     """Each method's published settings are valid overrides of every benchmark config."""
     from mmengine.config import DictAction
 
-    from cass.config import METHODS, CASSConfig
+    from cass.config import CASSConfig
+    from cass.config_files import model_keys
+    from cass.family import BENCHMARKS as BENCHMARK_CONFIGS
+    from cass.family import METHODS, cfg_options
 
-    protocols = _method_protocols()
-    assert set(protocols.PROTOCOLS) == set(METHODS)
-    assert protocols.BENCHMARKS == tuple(f"cfg_{name}" for name in
-                                         ("voc21", "context60", "coco_object", "voc20", "context59",
-                                          "coco_stuff164k", "city_scapes", "ade20k"))
+    assert tuple(BENCHMARK_CONFIGS) == tuple(f"cfg_{name}" for name in
+                                             ("voc21", "context60", "coco_object", "voc20", "context59",
+                                              "coco_stuff164k", "city_scapes", "ade20k"))
+    assert set(BENCHMARK_CONFIGS) == {f"cfg_{name}" for name in BENCHMARKS}
     for name in BENCHMARKS:
-        assert protocols.cfg_options("cass", f"cfg_{name}") == []  # the benchmark configs are CASS's protocol
-    for method in METHODS[1:]:
-        for name in ("voc21", "city_scapes"):
+        assert cfg_options("cass", f"cfg_{name}") == []  # the benchmark configs are CASS's protocol
+    for method in list(METHODS)[1:]:
+        for name in ("voc21", "coco_object", "city_scapes"):
             cfg = Config.fromfile(str(CONFIGS / f"cfg_{name}.py"))
-            options = protocols.cfg_options(method, f"cfg_{name}")
+            options = cfg_options(method, f"cfg_{name}")
             cfg.merge_from_dict({k: DictAction._parse_iterable(v) for k, v in (o.split("=", 1) for o in options)})
-            published = protocols.PROTOCOLS[method][f"cfg_{name}"]
+            published = METHODS[method].protocol[f"cfg_{name}"]
             assert cfg.model.method == method
             assert tuple(cfg.test_dataloader.dataset.pipeline[1].scale) == (2048, published["short_side"])
             assert cfg.test_dataloader.dataset.pipeline[1].type == "Resize"
-            keys = {k: v for k, v in cfg.model.items() if k not in
-                    ("type", "clip_path", "vfm", "dino_path", "name_path")}
+            keys = {k: v for k, v in model_keys(cfg).items() if k not in ("clip_path", "vfm", "vfm_path", "name_path")}
             config = CASSConfig.from_keys(keys)  # every override is a model setting
             assert config.window.slide_crop == published["slide_crop"]
             assert config.output.prob_thd == published["prob_thd"]
             assert config.output.logit_scale == published["logit_scale"]
-        assert protocols.cfg_options(method, "cfg_voc21", "cass") == [f"model.method={method}"]
-    sclip = protocols.PROTOCOLS["sclip"]
+            # the class-name file: the method's own where it ships one, else the benchmark config's
+            own = published.get("class_file")
+            want = CONFIGS / own if own else CONFIGS / Path(Config.fromfile(str(CONFIGS / f"cfg_{name}.py")).model.name_path).name
+            assert Path(cfg.model.name_path).resolve() == want.resolve()
+        assert cfg_options(method, "cfg_voc21", "cass") == [f"model.method={method}"]
+    sclip = METHODS["sclip"].protocol
     assert (sclip["cfg_voc21"]["area_thd"], sclip["cfg_voc21"]["logit_scale"]) == (0.1, 65)
     assert sclip["cfg_coco_stuff164k"]["short_side"] == 448
-    assert protocols.PROTOCOLS["naclip"]["cfg_voc20"]["slide_crop"] == 0
-    assert protocols.PROTOCOLS["clearclip"]["cfg_ade20k"]["slide_crop"] == 448
+    assert METHODS["naclip"].protocol["cfg_voc20"]["slide_crop"] == 0
+    assert METHODS["clearclip"].protocol["cfg_ade20k"]["slide_crop"] == 448
     with pytest.raises(KeyError, match="unknown method"):
-        protocols.cfg_options("segformer", "cfg_voc21")
+        cfg_options("segformer", "cfg_voc21")
     result = subprocess.run([sys.executable, str(CONFIGS / "methods.py"), "naclip", "cfg_voc20"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0 and "model.slide_crop=0" in result.stdout.splitlines()

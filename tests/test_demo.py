@@ -11,6 +11,7 @@ from conftest import TINY_VFM
 from PIL import Image
 
 from cass.api import Segmenter
+from cass.config import PRECISIONS
 from cass.visualize import class_colors, overlay
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ def demo():
 
 
 def weights_args(weights_dir):
-    return ["--clip-path", str(weights_dir / "tiny_clip.pt"), "--dino-path", str(weights_dir / "tiny_dino.pth")]
+    return ["--clip-path", str(weights_dir / "tiny_clip.pt"), "--vfm-path", str(weights_dir / "tiny_dino.pth")]
 
 
 def photo(h=120, w=160):
@@ -41,20 +42,20 @@ def photo(h=120, w=160):
     return (image + rng.integers(0, 20, image.shape)).astype(np.uint8)
 
 
-def test_demo_subprocess_writes_png_legend_and_logits(weights_dir, tmp_path):
+def test_demo_subprocess_writes_png_legend_and_probs(weights_dir, tmp_path):
     image = photo()
     Image.fromarray(image).save(tmp_path / "photo.png")
-    out, logits = tmp_path / "out" / "seg.png", tmp_path / "probs.npy"
+    out, probs_file = tmp_path / "out" / "seg.png", tmp_path / "probs.npy"
     classes = "sky, grass, cat, dog, road"
     cmd = [sys.executable, str(REPO / "demo.py"), "--image", str(tmp_path / "photo.png"), "--classes", classes,
-           "--out", str(out), "--save-logits", str(logits), "--device", "cpu", *weights_args(weights_dir),
+           "--out", str(out), "--save-probs", str(probs_file), "--device", "cpu", *weights_args(weights_dir),
            *TINY_OPTIONS]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for stage in ("loading weights", "encoding text: 5 classes", "segmenting", "writing"):
         assert f"demo.py: {stage}" in proc.stderr
 
-    probs = np.load(logits)
+    probs = np.load(probs_file)
     assert probs.shape == (5, 120, 160) and probs.dtype == np.float32
     assert ((probs >= 0) & (probs <= 1)).all()
     labels = probs.argmax(0)
@@ -63,7 +64,7 @@ def test_demo_subprocess_writes_png_legend_and_logits(weights_dir, tmp_path):
 
     # The same settings in-process give the same result.
     api = Segmenter(classes=[c.strip() for c in classes.split(",")], clip_path=str(weights_dir / "tiny_clip.pt"),
-                    dino_path=str(weights_dir / "tiny_dino.pth"), vfm_overrides=TINY_VFM)(image)
+                    vfm_path=str(weights_dir / "tiny_dino.pth"), vfm_overrides=TINY_VFM)(image)
     np.testing.assert_allclose(probs, api.probs, atol=1e-6)
     np.testing.assert_array_equal(labels, api.labels)
 
@@ -150,7 +151,7 @@ def test_demo_folder_run_reports_a_bad_image_and_goes_on(demo, weights_dir, tmp_
     (folder / "notes.txt").write_text("not an image: ignored by suffix")
     out = tmp_path / "results"
     argv = ["--image", str(folder), "--out-dir", str(out), "--classes", "sky, grass", "--batch-size", "5",
-            "--save-logits", *weights_args(weights_dir), *TINY_OPTIONS]
+            "--save-probs", *weights_args(weights_dir), *TINY_OPTIONS]
     assert demo.main(argv) == 1
     err = capsys.readouterr().err
     assert f"failed: {folder / 'broken.jpg'}: cannot read image" in err
@@ -197,3 +198,35 @@ def test_demo_batch_usage_errors(demo, weights_dir, tmp_path, capsys):
         assert demo.main([*args, *weights_args(weights_dir), *TINY_OPTIONS]) == 1
         line = capsys.readouterr().err.splitlines()[-1]
         assert message in line, line
+
+
+def test_demo_old_flag_names_are_aliases(demo, weights_dir, tmp_path, capsys):
+    """--save-logits (it always wrote probabilities) and --dino-path: the same results as --save-probs and
+    --vfm-path; the old save flag's help says it is the old name."""
+    Image.fromarray(photo(40, 56)).save(tmp_path / "photo.png")
+    weights = dict(clip=str(weights_dir / "tiny_clip.pt"), vfm=str(weights_dir / "tiny_dino.pth"))
+    outputs = {}
+    for save, vfm in (("--save-probs", "--vfm-path"), ("--save-logits", "--dino-path")):
+        npy = tmp_path / f"{save[2:]}.npy"
+        argv = ["--image", str(tmp_path / "photo.png"), "--classes", "sky, grass", "--out", str(tmp_path / "o.png"),
+                save, str(npy), "--clip-path", weights["clip"], vfm, weights["vfm"], *TINY_OPTIONS]
+        args = demo.parse_args(argv)
+        assert (args.save_probs, args.vfm_path) == (str(npy), weights["vfm"])
+        assert demo.main(argv) == 0
+        outputs[save] = np.load(npy)
+    np.testing.assert_array_equal(outputs["--save-logits"], outputs["--save-probs"])
+    assert outputs["--save-probs"].shape == (2, 40, 56)
+    assert demo.parse_args(["--save-logits"]).save_probs is True  # one .npy beside each PNG, as --save-probs
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--save-logits [NPY] deprecated: the old name of --save-probs" in help_text
+
+
+def test_demo_precision_choices_are_the_configs(demo, capsys):
+    for precision in PRECISIONS:
+        assert demo.parse_args(["--precision", precision]).precision == precision
+    assert demo.parse_args([]).precision is None  # the config's
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--precision", "fp64"])
+    assert "invalid choice: 'fp64'" in capsys.readouterr().err

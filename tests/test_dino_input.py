@@ -10,8 +10,8 @@ from PIL import Image
 from skimage import data
 
 from cass import dino_input
+from cass.backbones import VFM_SPECS
 from cass.constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, REFERENCE_INVERSE_STD
-from cass.dino_keys import VFM_SPECS
 
 
 def released_dino_images(crops: torch.Tensor, patch: int, fixed_size: int | None) -> torch.Tensor:

@@ -21,12 +21,11 @@ from mmseg.structures import SegDataSample
 from PIL import Image
 
 from cass import summary
+from cass.config_files import VFM_PATH_KEYS
+from cass.family import CONFIGS_DIR, METHODS, cfg_options, get_method
 from cass.mmseg.evaluation import SegResultWriter, colourise
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("method_protocols", REPO / "configs" / "methods.py")
-method_protocols = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(method_protocols)
 TINY_OPTIONS = [f"model.vfm_overrides.{key}={value}" for key, value in TINY_VFM.items()]
 
 
@@ -76,7 +75,7 @@ def voc_run(tmp_path_factory):
     labels = [block_label([0, 15, 8, 12]), block_label([0, 7]), block_label([3, 0, 15])]
     data = voc_layout(tmp / "VOC2012", labels=labels)
     clip, dino = write_clip_state_dict(tmp / "clip.pt"), write_dino_checkpoint(tmp / "dino.pth")
-    args = ["--config", "configs/cfg_voc21.py", "--data-root", data, "--clip-path", clip, "--dino-path", dino,
+    args = ["--config", "configs/cfg_voc21.py", "--data-root", data, "--clip-path", clip, "--vfm-path", dino,
             "--work-dir", tmp / "work", "--save-preds", tmp / "preds", "--show-dir", tmp / "vis",
             "--cfg-options", *TINY_OPTIONS, f"model.text_cache_dir={tmp / 'text'}", "test_dataloader.num_workers=0"]
     start = time.monotonic()
@@ -181,13 +180,16 @@ def test_eval_missing_weights(tmp_path, voc_run, capsys):
     assert err[-1].startswith("eval.py: ") and "missing.pt" in err[-1]
 
 
-def test_pamr_and_overrides_reach_the_config(tmp_path):
+@pytest.mark.parametrize("vfm_flag", ["--vfm-path", "--dino-path"])  # the new name and the old one
+def test_pamr_and_overrides_reach_the_config(tmp_path, vfm_flag):
     eval_script = load_eval_script()
     args = eval_script.parse_args(["--config", str(REPO / "configs" / "cfg_ade20k.py"), "--pamr", "on",
-                                   "--data-root", "/data/ade", "--dino-path", "d.pth", "--show-dir", "vis",
+                                   "--data-root", "/data/ade", vfm_flag, "d.pth", "--show-dir", "vis",
                                    "--cfg-options", "model.slide_stride=56", "test_dataloader.num_workers=0"])
     cfg = eval_script.build_config(args)
-    assert cfg.model.pamr_steps == 10 and cfg.model.slide_stride == 56 and cfg.model.dino_path == "d.pth"
+    assert cfg.model.pamr_steps == 10 and cfg.model.slide_stride == 56
+    # the VFM's weights go under the config's one key for them
+    assert [cfg.model[key] for key in VFM_PATH_KEYS if key in cfg.model] == ["d.pth"]
     assert cfg.test_dataloader.dataset.data_root == "/data/ade"
     assert cfg.test_dataloader.persistent_workers is False
     assert cfg.work_dir == str(Path("work_dirs") / "cfg_ade20k") and cfg.launcher == "none"
@@ -218,7 +220,7 @@ def _pixels(array):
 def test_distributed_wrapper_accepts_the_frozen_model(weights_dir):
     """Plain DDP refuses a model without trainable parameters; the configured wrapper runs it."""
     cfg = Config.fromfile(str(REPO / "configs" / "cfg_voc21.py"))
-    cfg.model.update(clip_path=str(weights_dir / "tiny_clip.pt"), dino_path=str(weights_dir / "tiny_dino.pth"),
+    cfg.model.update(clip_path=str(weights_dir / "tiny_clip.pt"), vfm_path=str(weights_dir / "tiny_dino.pth"),
                      vfm_overrides=TINY_VFM, text_cache_dir=False, name_path=None, classes=["sky", "cat", "dog"])
     model = MODELS.build(cfg.model)
     assert not any(p.requires_grad for p in model.parameters())
@@ -253,7 +255,7 @@ def test_summary_tables(tmp_path, capsys):
     assert rows[0] == dict(benchmark="VOC21", config="cfg_voc21", mIoU="64.80", paper="65.80", diff="-1.00")
 
     full = tmp_path / "full"
-    write_metrics(full, {config: paper + 1 for config, (_, paper) in summary.PAPER_MIOU.items()})
+    write_metrics(full, {config: paper + 1 for config, paper in get_method("cass").published.items()})
     lines = summary.to_markdown(summary.rows(summary.collect(full))).strip().splitlines()
     assert lines[-3] == "| average |  | 45.35 | 44.35 | +1.00 |"
     assert lines[-1] == ("Published mIoU (cass): CASS paper (Kim et al., CVPR 2025), Table 1; "
@@ -341,9 +343,10 @@ def test_summary_compares_with_the_methods_published_numbers(tmp_path, capsys):
     table = summary.rows(summary.collect(full), "proxyclip")  # ProxyCLIP's per-benchmark numbers: not found
     assert table[-1] == dict(benchmark="average", config="", mIoU=30.0, paper=None, diff=None)
     assert "| VOC21 | cfg_voc21 | 30.00 | not found |  |" in summary.to_markdown(table, "proxyclip")
-    for method, published in summary.PUBLISHED_MIOU.items():
+    for method, entry in METHODS.items():
+        published = entry.published
         assert list(published) == list(summary.BENCHMARKS), method
-        assert summary.PUBLISHED_SOURCE[method], method
+        assert entry.source, method
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         summary.rows({}, "nope")
 
@@ -379,8 +382,8 @@ def method_runs(tmp_path_factory):
     clip, dino = write_clip_state_dict(tmp / "clip.pt"), write_dino_checkpoint(tmp / "dino.pth")
     runs = []
     for method in BASELINES:
-        options = method_protocols.cfg_options(method, "cfg_voc21")
-        runs.append(["--config", "configs/cfg_voc21.py", "--data-root", data, "--clip-path", clip, "--dino-path", dino,
+        options = cfg_options(method, "cfg_voc21")
+        runs.append(["--config", "configs/cfg_voc21.py", "--data-root", data, "--clip-path", clip, "--vfm-path", dino,
                      "--work-dir", tmp / method, "--save-preds", tmp / method / "preds",
                      "--cfg-options", *options, *TINY_OPTIONS, "model.text_cache_dir=False",
                      "test_dataloader.num_workers=0"])
@@ -393,8 +396,11 @@ def test_eval_runs_every_method(method, method_runs):
     tmp, data, result = method_runs["tmp"], method_runs["data"], method_runs["results"][method]
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     record = json.loads((tmp / method / "preds" / "cass_run.json").read_text())
-    published = method_protocols.PROTOCOLS[method]["cfg_voc21"]
+    published = get_method(method).protocol["cfg_voc21"]
     assert record["model"]["method"] == method
+    # ClearCLIP and ProxyCLIP ship their own VOC21 class names; the others use the benchmark config's
+    class_file = CONFIGS_DIR / published.get("class_file", "cls_voc21.txt")
+    assert Path(record["model"]["name_path"]).resolve() == class_file.resolve()
     assert record["model"]["slide_crop"] == published["slide_crop"]
     assert record["model"]["prob_thd"] == published["prob_thd"]
     assert record["pipeline"][1]["scale"] == [2048, published["short_side"]]

@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from conftest import TINY_VFM, tiny_clip, tiny_dino
 
 from cass import clip_vit, methods
-from cass.config import METHODS, CASSConfig, ConfigError
+from cass.backbones import VFM_SPECS
+from cass.config import CASSConfig, ConfigError
+from cass.family import method_names
 from cass.dino_input import plain_dino_images
-from cass.dino_keys import VFM_SPECS
 from cass.model import CASSModel
 from cass.spectral import gaussian_bias
 from cass.text import Vocabulary
@@ -108,9 +109,9 @@ def test_maskclip_is_the_value_path_with_residual_and_ffn(clip_model, tokens_gri
     _, _, vs = per_head_qkv(block, tokens)
     want = tail(visual, vs, tokens)  # x + out_proj(v); x + mlp(ln_2 x)
     model = make("maskclip", clip=clip_model)
-    feats, grid = model.method_features(None, tokens, tokens_grid[1])
+    feats, grid = model.patch_features(None, tokens, tokens_grid[1])
     torch.testing.assert_close(feats, want, rtol=1e-4, atol=1e-5)
-    reduced, _ = make("maskclip", clip=clip_model, residual=False).method_features(None, tokens, grid)
+    reduced, _ = make("maskclip", clip=clip_model, residual=False).patch_features(None, tokens, grid)
     torch.testing.assert_close(reduced, tail(visual, vs), rtol=1e-4, atol=1e-5)  # ClearCLIP's MaskCLIP
 
 
@@ -164,7 +165,7 @@ def test_attention_methods_against_per_head_formulas(method, clip_model, tokens_
         mixed.append(attn @ v)
     want = tail(visual, mixed, tokens if method == "sclip" else None)
     model = make(method, clip=clip_model, gaussian_std=sigma)
-    feats, out_grid = model.method_features(None, tokens, grid)
+    feats, out_grid = model.patch_features(None, tokens, grid)
     assert out_grid == grid
     torch.testing.assert_close(feats, want, rtol=1e-4, atol=1e-5)
 
@@ -217,7 +218,7 @@ def test_proxyclip_in_the_model_against_its_formula(clip_model):
     model = make("proxyclip", clip=clip_model, dino=dino, proxy_beta=0.8, proxy_gamma=2.0)
     x = crops(2, 64, 80, seed=2)
     tokens, grid = trunk(model, x)
-    feats, vfm_grid = model.method_features(x, tokens, grid)
+    feats, vfm_grid = model.patch_features(x, tokens, grid)
     assert grid == (4, 5) and vfm_grid == (8, 10)
     vfm, _ = methods.vfm_last_features(dino, plain_dino_images(x, VFM_SPECS["dino_vitb8"]))
     attn = methods.proxy_attention(vfm, 0.8, 2.0)
@@ -264,14 +265,14 @@ def test_cass_default_is_unchanged(image):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("method", METHODS[1:])
+@pytest.mark.parametrize("method", method_names()[1:])
 def test_baselines_use_plain_text_embeddings(method, image):
     """Without refinement a crop's logits are F . t, upsampled; every method gives another output."""
     model = make(method)
     x = image[None, :, :224, :224]
     text_feats, _ = model.text_state()
     tokens, grid = trunk(model, x)
-    feats, out_grid = model.method_features(x, tokens, grid)
+    feats, out_grid = model.patch_features(x, tokens, grid)
     want = F.interpolate((feats @ text_feats.T).transpose(1, 2).reshape(1, -1, *out_grid), size=(224, 224),
                          mode="bilinear", align_corners=False)
     torch.testing.assert_close(model.crop_logits(x, None), want)
@@ -310,14 +311,14 @@ def test_bad_method_settings_are_one_line_errors():
     # a baseline without DINO is fine
     model = CASSModel(tiny_clip(), None, Vocabulary.from_classes(["cat"]), CASSConfig.from_keys(dict(method="naclip")),
                       text_cache_dir=False)
-    assert model.vfm is None and CASSConfig.from_keys(dict(method="proxyclip")).uses_vfm
+    assert model.vfm is None
 
 
 def test_method_keys_round_trip():
     cfg = CASSConfig.from_keys(dict(method="proxyclip", proxy_beta=1.0, refine_text=True, area_thd=0.1))
     assert (cfg.method.name, cfg.method.proxy_beta, cfg.method.refines_text) == ("proxyclip", 1.0, True)
     assert not cfg.method.keeps_residual and CASSConfig.from_keys(cfg.to_keys()) == cfg
-    assert [CASSConfig.from_keys(dict(method=m)).method.keeps_residual for m in METHODS] == \
+    assert [CASSConfig.from_keys(dict(method=m)).method.keeps_residual for m in method_names()] == \
         [False, True, True, True, False, False, False]
 
 

@@ -87,9 +87,20 @@ def test_batch_equals_one_at_a_time_and_is_deterministic(build):
 
 @pytest.mark.parametrize("h, w", [(100, 150), (230, 250), (17, 40)])
 def test_odd_sizes(build, h, w):
-    probs, labels = predict(build(), random_image(h, w))
-    assert labels.shape == (h, w)
-    assert torch.isfinite(probs).all()
+    """Sizes that are not multiples of the patch or the stride, and smaller than a window: the prediction
+    is the window average of the crops' logits, x40 softmax, synonyms merged by max, then argmax."""
+    model = build()
+    img = normalised(random_image(h, w))
+    total, count = torch.zeros(7, h, w), torch.zeros(1, h, w)
+    prior = model.global_embeddings(img[None])
+    for y1, x1, y2, x2 in slide_windows(h, w, 224, 112):
+        total[:, y1:y2, x1:x2] += model.crop_logits(img[None, :, y1:y2, x1:x2], prior)[0]
+        count[:, y1:y2, x1:x2] += 1
+    queries = (total / count * 40).softmax(0)
+    want = torch.stack([queries[0:3].amax(0), queries[3], queries[4:6].amax(0), queries[6]])
+    probs, labels = predict(model, random_image(h, w))
+    torch.testing.assert_close(probs, want, atol=1e-5, rtol=1e-4)
+    assert torch.equal(labels, probs.argmax(0))
 
 
 def test_constant_image_has_no_nan(build):
@@ -99,16 +110,19 @@ def test_constant_image_has_no_nan(build):
 
 
 def test_one_class(build):
-    model = build(classes=["cat"])
-    probs, labels = predict(model, random_image(224, 224))
-    assert probs.shape == (1, 224, 224)
-    torch.testing.assert_close(probs, torch.ones(1, 224, 224))
-    assert not labels.any()
+    """A one-class vocabulary: its query logits are that query's row of a larger vocabulary's (without
+    text refinement, a query's logits F . t do not depend on the others), and every pixel is that class."""
+    img = random_image(224, 224)
+    one = build(classes=["cat"], refine_text=False)
+    two = build(classes=["dog", "cat"], refine_text=False)
+    torch.testing.assert_close(one.query_logits([normalised(img)])[0], two.query_logits([normalised(img)])[0][1:])
+    probs, labels = predict(one, img)
+    assert probs.shape == (1, 224, 224) and torch.equal(labels, torch.zeros(224, 224, dtype=torch.long))
 
 
 @pytest.mark.parametrize("overrides", [
-    dict(attn_strategy="sequential"), dict(attn_strategy="vanilla"), dict(swapped_pairing=False),
-    dict(low_rank=None), dict(dino_input="plain"), dict(eigenscaling=False), dict(canonical_matching=False),
+    dict(attn_strategy="sequential"), dict(attn_strategy="vanilla"),
+    dict(low_rank=None), dict(dino_input="plain"), dict(eigenscaling=False),
     dict(dino_keys_fp16=False), dict(prior_from_crop=True), dict(slide_crop=0), dict(pamr_steps=2),
 ])
 def test_options_change_the_output(build, overrides):
@@ -116,10 +130,23 @@ def test_options_change_the_output(build, overrides):
     base = predict(build(), img).probs
     other = predict(build(**overrides), img).probs
     assert torch.isfinite(other).all()
-    # with 2 heads the matching is the identity or a swap, for which the pairing
-    # variants coincide; they are checked against loops in test_spectral.py
-    if overrides not in (dict(canonical_matching=False), dict(swapped_pairing=False)):
-        assert not torch.allclose(base, other)
+    assert not torch.allclose(base, other)
+
+
+@pytest.mark.parametrize("canonical, swapped", [(True, True), (False, True), (True, False), (False, False)])
+def test_matching_options_reach_the_head_matching(build, monkeypatch, canonical, swapped):
+    """canonical_matching and swapped_pairing reach the matching and the pairing (whose values are
+    checked against loops and brute force in test_spectral.py; with the 2-head test models the
+    variants coincide, so the output cannot show them)."""
+    from cass import spectral
+    seen = []
+    match_heads, pairing = spectral.match_heads, spectral.pairing
+    monkeypatch.setattr(spectral, "match_heads", lambda cost, canonical=True, *a, **k: (
+        seen.append(("canonical", canonical)), match_heads(cost, canonical, *a, **k))[1])
+    monkeypatch.setattr(spectral, "pairing", lambda cost, cols, swapped=True: (
+        seen.append(("swapped", swapped)), pairing(cost, cols, swapped))[1])
+    predict(build(canonical_matching=canonical, swapped_pairing=swapped), random_image(224, 224))
+    assert seen and set(seen) == {("canonical", canonical), ("swapped", swapped)}
 
 
 def test_whole_image_mode_is_one_pass(build):
@@ -129,7 +156,7 @@ def test_whole_image_mode_is_one_pass(build):
 
 
 def test_bad_settings_fail_before_weights_are_read(tmp_path, class_file):
-    missing = dict(clip_path=str(tmp_path / "none.pt"), dino_path=str(tmp_path / "none.pth"),
+    missing = dict(clip_path=str(tmp_path / "none.pt"), vfm_path=str(tmp_path / "none.pth"),
                    name_path=str(class_file))
     with pytest.raises(ConfigError, match="attn_strategy"):
         build_model(**missing, attn_strategy="fancy")
@@ -171,8 +198,9 @@ def test_precision_is_set_when_built_and_moved():
     assert model.clip.visual.conv1.weight.dtype == torch.float16
     assert model.clip.transformer.resblocks[0].attn.in_proj_weight.dtype == torch.float16  # text tower too
     assert model.vfm.patch_embed.proj.weight.dtype == torch.bfloat16
-    model.float()  # a move or cast keeps the configured precision
+    model.to("cpu")  # a move keeps the configured precision (a cast sets it: test_family.py)
     assert model.clip.visual.conv1.weight.dtype == torch.float16
+    assert model.vfm.patch_embed.proj.weight.dtype == torch.bfloat16
     dtypes = {k: v.dtype for k, v in model.state_dict().items()}
     model([normalised(random_image(224, 224))])
     assert dtypes == {k: v.dtype for k, v in model.state_dict().items()}
@@ -219,7 +247,7 @@ def test_mismatched_heads_name_the_public_vfms_that_fit():
     with pytest.raises(ConfigError) as err:
         CASSModel(clip, tiny_dino(), Vocabulary.from_classes(["cat"]), text_cache_dir=False)
     message = str(err.value)
-    assert "\n" not in message and "2 heads and CLIP's 12" in message
+    assert "\n" not in message and "CLIP's last block has 12 heads and the VFM 2" in message
     assert "public VFMs with 12 heads: dino_vitb8, dino_vitb16, dinov2_vitb14" in message
     with pytest.raises(ConfigError, match="public VFMs with 2 heads: none"):
         CASSModel(tiny_clip(), timm.create_model("vit_base_patch8_224", pretrained=False, num_classes=0,

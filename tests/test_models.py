@@ -4,12 +4,13 @@ import math
 import numpy as np
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from conftest import TINY_VFM, tiny_clip, tiny_dino, write_clip_state_dict, write_dino_checkpoint
 
-from cass import clip_vit, dino_input, dino_keys, weights
+from cass import backbones, clip_vit, dino_input, vfm_keys, weights
 from cass.weights import WeightsError
 
 
@@ -54,30 +55,51 @@ def test_dino_keys_match_timm_forward():
     model.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.setdefault("qkv", o))
     images = torch.randn(2, 3, 224, 224)
     model.forward_features(images)
-    keys, grid = dino_keys.last_block_keys(model, images)
+    keys, grid = vfm_keys.last_block_keys(model, images)
     b, n, _ = captured["qkv"].shape
     expected = captured["qkv"].reshape(b, n, 3, 2, 64)[:, :, 1].transpose(1, 2)[:, :, 1:]
     assert grid == (28, 28)
     torch.testing.assert_close(keys, expected, atol=1e-5, rtol=1e-5)
 
 
+@torch.no_grad()
 def test_dino_keys_resized_with_reference_interpolation():
+    """Keys of a 336 x 336 input (42 x 42 patches of a 28 x 28 grid model) against DINO's own recipe:
+    positions resized bicubically by the scale factors (h + 0.1) / 28 (DINO's interpolate_pos_encoding),
+    the blocks, then the last block's k projection of the normalised tokens."""
     model = tiny_dino()
-    keys, grid = dino_keys.last_block_keys(model, torch.randn(1, 3, 336, 336))
-    assert grid == (42, 42) and keys.shape == (1, 2, 42 * 42, 64)
+    images = torch.randn(1, 3, 336, 336)
+    keys, grid = vfm_keys.last_block_keys(model, images)
+    pos = model.pos_embed[0]
+    patch_pos = pos[1:].reshape(1, 28, 28, -1).permute(0, 3, 1, 2)
+    patch_pos = torch.nn.functional.interpolate(patch_pos, scale_factor=(42.1 / 28, 42.1 / 28), mode="bicubic",
+                                                align_corners=False, recompute_scale_factor=False)
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, 42 * 42, -1)
+    x = model.patch_embed.proj(images).flatten(2).transpose(1, 2)
+    x = torch.cat([model.cls_token + pos[:1], x + patch_pos], dim=1)
+    for block in model.blocks[:-1]:
+        x = block(x)
+    last = model.blocks[-1]
+    qkv = last.attn.qkv(last.norm1(x)).reshape(1, 1 + 42 * 42, 3, 2, 64)
+    want = qkv[:, 1:, 1].transpose(1, 2)  # (1, heads, patches, 64)
+    assert grid == (42, 42)
+    torch.testing.assert_close(keys, want, atol=1e-5, rtol=1e-5)
+    # timm's own (antialiased) resampling gives other positions: the recipe matters
+    timm_pos = timm.layers.resample_abs_pos_embed(model.pos_embed, [42, 42], num_prefix_tokens=1)[0, 1:]
+    assert not torch.allclose(timm_pos, patch_pos[0], atol=1e-3)
 
 
 def test_keys_on_clip_grid_half_rounding():
     keys = torch.randn(2, 2, 28 * 28, 64)
-    out = dino_keys.keys_on_clip_grid(keys, (28, 28), (14, 14), half_precision=True)
+    out = vfm_keys.keys_on_clip_grid(keys, (28, 28), (14, 14), half_precision=True)
     assert out.shape == (2, 2, 196, 64) and out.dtype == torch.float32
     assert torch.equal(out, out.half().float())
-    exact = dino_keys.keys_on_clip_grid(keys, (28, 28), (28, 28), half_precision=False)
+    exact = vfm_keys.keys_on_clip_grid(keys, (28, 28), (28, 28), half_precision=False)
     torch.testing.assert_close(exact, keys)
 
 
 def test_dino_inputs_reference_and_plain():
-    spec = dino_keys.VFM_SPECS["dino_vitb8"]
+    spec = backbones.VFM_SPECS["dino_vitb8"]
     pixels = torch.randint(0, 256, (1, 3, 60, 90)).float()
     mean, std = torch.tensor(dino_input.CLIP_MEAN)[:, None, None], torch.tensor(dino_input.CLIP_STD)[:, None, None]
     crops = (pixels - mean) / std
@@ -128,7 +150,7 @@ def test_public_weights_offline_error_names_file_and_setting():
         weights.load_clip("ViT-B/16")
     message = str(err.value)
     assert "ViT-B-16.pt" in message and "clip_path" in message and "\n" not in message
-    with pytest.raises(WeightsError, match="dino_vitbase8_pretrain.pth.*dino_path"):
+    with pytest.raises(WeightsError, match="dino_vitbase8_pretrain.pth.*vfm_path"):
         weights.load_vfm("dino_vitb8", None, weights.build_vfm("dino_vitb8", **TINY_VFM))
 
 
@@ -137,8 +159,8 @@ def test_dino_release_checkpoint_loads(tmp_path, full):
     path = write_dino_checkpoint(tmp_path / "dino.pth", seed=5, full=full)
     loaded = weights.load_vfm("dino_vitb8", str(path), weights.build_vfm("dino_vitb8", **TINY_VFM))
     images = torch.randn(1, 3, 224, 224)
-    torch.testing.assert_close(dino_keys.last_block_keys(loaded, images)[0],
-                               dino_keys.last_block_keys(tiny_dino(5), images)[0])
+    torch.testing.assert_close(vfm_keys.last_block_keys(loaded, images)[0],
+                               vfm_keys.last_block_keys(tiny_dino(5), images)[0])
 
 
 def test_dino_mismatch_names_keys(tmp_path):
@@ -162,11 +184,11 @@ def test_dinov2_release_checkpoint_and_keys(tmp_path):
     torch.save(release, tmp_path / "dinov2.pth")
     loaded = weights.load_vfm("dinov2_vitb14_reg4", str(tmp_path / "dinov2.pth"),
                               weights.build_vfm("dinov2_vitb14_reg4", **TINY_VFM))
-    spec = dino_keys.VFM_SPECS["dinov2_vitb14_reg4"]
+    spec = backbones.VFM_SPECS["dinov2_vitb14_reg4"]
     crops = torch.randn(1, 3, 224, 224)
     images = dino_input.reference_dino_images(crops, spec)
     assert images.shape == (1, 3, 518, 518)
-    keys, grid = dino_keys.last_block_keys(loaded, images)
+    keys, grid = vfm_keys.last_block_keys(loaded, images)
     captured = {}
     model.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.setdefault("qkv", o))
     model.forward_features(images)
@@ -192,7 +214,7 @@ def _bilinear_matrix(size_in, size_out):
 def test_keys_on_clip_grid_equal_the_bilinear_formula(half):
     g = torch.Generator().manual_seed(3)
     keys = torch.randn(1, 2, 7 * 9, 4, generator=g)
-    out = dino_keys.keys_on_clip_grid(keys, (7, 9), (4, 5), half_precision=half)
+    out = vfm_keys.keys_on_clip_grid(keys, (7, 9), (4, 5), half_precision=half)
     wh, ww = _bilinear_matrix(7, 4), _bilinear_matrix(9, 5)
     spatial = keys[0].double().transpose(-1, -2).reshape(2, 4, 7, 9).numpy()
     if half:
@@ -214,7 +236,7 @@ def test_reference_dino_input_equals_the_documented_formula():
     pixels = rng.integers(0, 256, (44, 60, 3)).astype(np.float32)
     crop = (torch.from_numpy(pixels).permute(2, 0, 1) - torch.tensor(dino_input.CLIP_MEAN)[:, None, None]) \
         / torch.tensor(dino_input.CLIP_STD)[:, None, None]
-    spec = dino_keys.VFM_SPECS["dino_vitb8"]
+    spec = backbones.VFM_SPECS["dino_vitb8"]
     out = dino_input.reference_dino_images(crop[None], spec)[0]
     assert out.shape == (3, 40, 40)  # square of side 44, cropped to 40
 

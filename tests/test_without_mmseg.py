@@ -39,16 +39,16 @@ except ImportError:
     pass
 else:
     raise SystemExit('mmseg was importable')
-model = build_model(clip_path={str(clip)!r}, dino_path={str(dino)!r}, vfm_overrides={TINY_VFM!r},
+model = build_model(clip_path={str(clip)!r}, vfm_path={str(dino)!r}, vfm_overrides={TINY_VFM!r},
                     classes=['sky', 'cat, kitten'], global_semantics_weight=0.3)
 pred = model([torch.randn(3, 224, 336)])[0]
-segmenter = Segmenter(classes=['sky', 'cat'], clip_path={str(clip)!r}, dino_path={str(dino)!r},
+segmenter = Segmenter(classes=['sky', 'cat'], clip_path={str(clip)!r}, vfm_path={str(dino)!r},
                       vfm_overrides={TINY_VFM!r})
 result = segmenter(np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8))
 sys.path.insert(0, {str(REPO)!r})
 import demo
 code = demo.main(['--classes', 'person, rocket', '--out', 'out.png', '--clip-path', {str(clip)!r},
-                  '--dino-path', {str(dino)!r}, '--cfg-options'] + [f'model.vfm_overrides.{{k}}={{v}}' for k, v in {TINY_VFM!r}.items()])
+                  '--vfm-path', {str(dino)!r}, '--cfg-options'] + [f'model.vfm_overrides.{{k}}={{v}}' for k, v in {TINY_VFM!r}.items()])
 try:
     import cass.mmseg
 except ImportError as err:

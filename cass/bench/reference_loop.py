@@ -38,11 +38,12 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from .. import clip_vit, spectral
+from ..backbones import VFMSpec
 from ..constants import IMAGENET_MEAN, IMAGENET_STD, REFERENCE_INVERSE_STD
 from ..dino_input import plain_dino_images
-from ..dino_keys import VFMSpec, keys_on_clip_grid
 from ..model import CASSModel, slide_windows
 from ..stages import stage
+from ..vfm_keys import keys_on_clip_grid
 
 
 def check_supported(model: CASSModel) -> None:

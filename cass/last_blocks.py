@@ -1,0 +1,156 @@
+"""The last block of each method of the family: CLIP tokens -> dense patch features.
+
+One function per entry of :data:`cass.family.METHODS` (its ``last_block``),
+each with the signature
+
+    block(model, crops, tokens, grid) -> (features, feature_grid)
+
+Args (shared):
+    model: the :class:`~cass.model.CASSModel` (its towers, config and
+        precision contexts, :meth:`~cass.model.CASSModel.tf32`).
+    crops: (B, 3, Hc, Wc) CLIP-normalised crops (the VFM's input).
+    tokens: (B, 1 + N, D) CLIP tokens entering the last block.
+    grid: CLIP's patch grid (h, w), ``N = h * w``.
+
+Returns:
+    (B, M, E) L2-normalised float32 patch features and their grid (CLIP's,
+    or the VFM's for ProxyCLIP).
+
+The math is in :mod:`cass.spectral` (CASS) and :mod:`cass.methods` (the
+baselines); these functions only wire it to the towers, each part inside its
+named :func:`cass.stages.stage`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from torch import Tensor
+
+from . import clip_vit, methods, spectral
+from .dino_input import plain_dino_images, reference_dino_images
+from .stages import stage
+from .vfm_keys import keys_on_clip_grid, last_block_keys
+
+Grid = tuple[int, int]
+
+
+# ------------------------------------------------------------------ CASS
+def cass_vfm_keys(model, crops: Tensor, grid: Grid) -> Tensor:
+    """The VFM's last-block keys of the crops on CLIP's grid: (B, 3, Hc, Wc) -> (B, H, N, d) float32.
+
+    The VFM's input follows ``dino_input`` (the released code's rebuilt uint8
+    image, or the plain crop); the keys are rounded to float16 with
+    ``dino_keys_fp16`` (spec section 2).
+    """
+    cfg = model.config.spectral
+    with stage("dino"), model.tf32("vfm"):
+        make_input = reference_dino_images if cfg.dino_input == "reference" else plain_dino_images
+        keys, vfm_grid = last_block_keys(model.vfm, make_input(crops, model.vfm_spec))
+        return keys_on_clip_grid(keys, vfm_grid, grid, cfg.dino_keys_fp16)
+
+
+def cass_attention(model, queries: Tensor, keys: Tensor, crops: Tensor, grid: Grid) -> Tensor:
+    """CASS's attention of the reduced last block (spec sections 2-4).
+
+    Args:
+        queries, keys: (B, H, N, d) CLIP patch queries and keys.
+
+    Returns:
+        (B, H, N, N) row-stochastic attention, float32: the spectral (or
+        sequential) fusion of CLIP's and the VFM's key graphs plus the
+        Gaussian bias, or ordinary q.k attention for ``attn_strategy='vanilla'``.
+    """
+    cfg = model.config.spectral
+    if cfg.attn_strategy == "vanilla":
+        with stage("spectral"):
+            logits = (queries.float() @ keys.float().transpose(-1, -2)) / math.sqrt(queries.shape[-1])
+            return logits.softmax(-1)
+    vfm_keys = cass_vfm_keys(model, crops, grid)
+    with stage("spectral"):
+        clip_keys = keys.float()
+        vfm_keys = spectral.range_match(vfm_keys, clip_keys, dims=(1, 2, 3))
+        fuse = spectral.fuse_spectral if cfg.attn_strategy == "spectral" else spectral.fuse_sequential
+        logits = fuse(clip_keys, vfm_keys, cfg)
+        bias = spectral.gaussian_bias(grid, cfg.gaussian_std, device=logits.device)
+        return (logits + bias).softmax(-1)
+
+
+def cass_features(model, crops: Tensor, tokens: Tensor, grid: Grid) -> tuple[Tensor, Grid]:
+    """CASS: the reduced last block over the patches with :func:`cass_attention`."""
+    visual = model.clip.visual
+    with stage("clip"), model.tf32("clip"):
+        queries, keys, values = clip_vit.last_block_qkv(visual, tokens)
+    attn = cass_attention(model, queries, keys, crops, grid)
+    with stage("clip"), model.tf32("clip"):
+        return clip_vit.reduced_block_output(visual, attn, values), grid
+
+
+# ------------------------------------------------------------------ CLIP-only baselines
+# Their attention covers CLS + patches (the references run the block on all tokens).
+def _vanilla(model, q: Tensor, k: Tensor, grid: Grid) -> Tensor:
+    """CLIP: the unmodified block, ``softmax(s Q K^T)``."""
+    return methods.vanilla_attention(q, k)
+
+
+def _identity(model, q: Tensor, k: Tensor, grid: Grid) -> None:
+    """MaskCLIP: no mixing (identity attention), each token keeps its own value."""
+    return None
+
+
+def _correlative(model, q: Tensor, k: Tensor, grid: Grid) -> Tensor:
+    """SCLIP: correlative self-attention ``softmax(s Q Q^T) + softmax(s K K^T)``."""
+    return methods.correlative_attention(q, k)
+
+
+def _query_query(model, q: Tensor, k: Tensor, grid: Grid) -> Tensor:
+    """ClearCLIP: ``softmax(s Q Q^T)``."""
+    return methods.self_self_attention(q)
+
+
+def _key_key_neighbourhood(model, q: Tensor, k: Tensor, grid: Grid) -> Tensor:
+    """NACLIP: ``softmax(s K K^T + G)``, the Gaussian bias free for CLS."""
+    bias = spectral.gaussian_bias(grid, model.config.spectral.gaussian_std, device=k.device)
+    return methods.self_self_attention(k, methods.with_prefix(bias))
+
+
+def _token_mixing(attention):
+    """The last block with ``attention(model, q, k, grid)`` ((B, H, T, T), or None for the identity)
+    over CLS + patches, then the shared tail with the configured residual (``residual``)."""
+    def block(model, crops: Tensor, tokens: Tensor, grid: Grid) -> tuple[Tensor, Grid]:
+        visual = model.clip.visual
+        with stage("clip"), model.tf32("clip"):
+            q, k, v = methods.block_qkv(visual.transformer.resblocks[-1], tokens)
+        with stage("spectral"):
+            attn = attention(model, q, k, grid)
+        residual = tokens if model.config.method.keeps_residual else None
+        with stage("clip"), model.tf32("clip"):
+            mixed = v if attn is None else methods.attend(attn, v)
+            return methods.last_block_features(visual, mixed, residual, 1), grid
+
+    block.__doc__ = attention.__doc__
+    return block
+
+
+clip_features = _token_mixing(_vanilla)
+maskclip_features = _token_mixing(_identity)
+sclip_features = _token_mixing(_correlative)
+clearclip_features = _token_mixing(_query_query)
+naclip_features = _token_mixing(_key_key_neighbourhood)
+
+
+# ------------------------------------------------------------------ ProxyCLIP
+def proxyclip_features(model, crops: Tensor, tokens: Tensor, grid: Grid) -> tuple[Tensor, Grid]:
+    """ProxyCLIP: the VFM's proxy attention over CLIP's values resized to the VFM grid; no residual."""
+    visual = model.clip.visual
+    cfg = model.config.method
+    with stage("clip"), model.tf32("clip"):
+        _, _, v = methods.block_qkv(visual.transformer.resblocks[-1], tokens)
+    with stage("dino"), model.tf32("vfm"):
+        images = plain_dino_images(crops, replace(model.vfm_spec, fixed_size=None))  # the crop as it is
+        vfm_feats, vfm_grid = methods.vfm_last_features(model.vfm, images)
+    with stage("spectral"):
+        attn = methods.proxy_attention(vfm_feats, cfg.proxy_beta, cfg.proxy_gamma)
+    with stage("clip"), model.tf32("clip"):
+        values = methods.values_on_grid(v[:, :, 1:], grid, vfm_grid)
+        return methods.last_block_features(visual, methods.attend(attn, values), None, 0), vfm_grid

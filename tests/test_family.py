@@ -1,0 +1,222 @@
+"""Methods as registered parts: the registry, what a configuration needs, outputs unchanged bit for bit."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_VFM, tiny_clip, tiny_dino, write_clip_state_dict
+
+from cass import CASSConfig, CASSModel, ConfigError, Vocabulary, build_model, clip_vit, methods
+from cass.family import (CONFIGS_DIR, METHODS, Method, Requirements, cfg_options, get_method, register_method,
+                         requirements)
+from cass.text import read_class_file
+from cass.weights import build_vfm
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["background, sky", "cat", "dog, puppy", "grass"]
+
+
+def _outputs_script():
+    spec = importlib.util.spec_from_file_location("make_method_outputs", REPO / "tests" / "data" / "make_method_outputs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------- outputs unchanged
+@pytest.mark.parametrize("method", list(_outputs_script().METHODS))
+def test_outputs_equal_the_stored_ones_bit_for_bit(method):
+    """Probabilities and labels of every method, slide and whole image, equal those saved before the
+    methods became registered parts (tests/data/make_method_outputs.py, commit b66ad92)."""
+    script = _outputs_script()
+    stored = torch.load(script.OUTPUTS)
+    current = script.outputs((method,))
+    for setting in script.SETTINGS:
+        name = f"{method}/{setting}"
+        assert torch.equal(current[name]["probs"], stored[name]["probs"]), name
+        assert torch.equal(current[name]["labels"], stored[name]["labels"]), name
+
+
+# ---------------------------------------------------------------- what a configuration needs
+@pytest.mark.parametrize("keys, want", [
+    (dict(), Requirements(vfm=True, paired_heads=True, vfm_positions="any")),
+    (dict(attn_strategy="sequential"), Requirements(vfm=True, paired_heads=True, vfm_positions="any")),
+    (dict(attn_strategy="vanilla"), Requirements(vfm=False, paired_heads=False, vfm_positions="any")),
+    *[(dict(method=m), Requirements(vfm=False, paired_heads=False, vfm_positions="any"))
+      for m in ("clip", "maskclip", "sclip", "clearclip", "naclip")],
+    (dict(method="proxyclip"), Requirements(vfm=True, paired_heads=False, vfm_positions="absolute")),
+    (dict(method="proxyclip", attn_strategy="vanilla"), Requirements(vfm=True, paired_heads=False,
+                                                                     vfm_positions="absolute")),
+])
+def test_requirements(keys, want):
+    assert requirements(CASSConfig.from_keys(keys)) == want
+
+
+@pytest.fixture()
+def offline_clip_only(tmp_path, class_file):
+    """A local CLIP file and no VFM file anywhere (downloads are disabled in the tests)."""
+    return dict(clip_path=str(write_clip_state_dict(tmp_path / "clip.pt")), name_path=str(class_file),
+                text_cache_dir=False)
+
+
+@pytest.mark.parametrize("method", ["clip", "maskclip", "sclip", "clearclip", "naclip"])
+def test_clip_only_methods_need_no_vfm_weights(method, offline_clip_only, tmp_path):
+    """Fails on b66ad92: the builder read the DINO file for every method but 'vanilla' CASS."""
+    model = build_model(method=method, **offline_clip_only)
+    assert model.vfm is None
+    assert model([torch.zeros(3, 32, 48)])[0].probs.shape == (4, 32, 48)
+    # neither a missing VFM file nor an unknown architecture override is looked at
+    assert build_model(method=method, vfm_path=str(tmp_path / "absent.pth"), **offline_clip_only).vfm is None
+
+
+def test_cass_still_needs_its_vfm_weights(offline_clip_only):
+    with pytest.raises(Exception, match="dino_vitbase8_pretrain.pth"):
+        build_model(**offline_clip_only, vfm_overrides=TINY_VFM)
+
+
+def test_proxyclip_with_the_vanilla_strategy_builds(weights_dir, class_file):
+    """Fails on b66ad92 ("needs a VFM"): attn_strategy is CASS's setting and does not reach ProxyCLIP."""
+    keys = dict(clip_path=str(weights_dir / "tiny_clip.pt"), vfm_path=str(weights_dir / "tiny_dino.pth"),
+                vfm_overrides=TINY_VFM, name_path=str(class_file), text_cache_dir=False, method="proxyclip")
+    model = build_model(attn_strategy="vanilla", **keys)
+    assert model.vfm is not None
+    image = torch.linspace(-1, 1, 3 * 64 * 80).reshape(3, 64, 80)
+    assert torch.equal(model([image])[0].probs, build_model(**keys)([image])[0].probs)
+
+
+def test_proxyclip_needs_no_head_pairing(weights_dir, class_file):
+    """Fails on b66ad92 (the builder checked head counts for every method): ProxyCLIP never pairs heads."""
+    three_heads = build_vfm("dino_vitb8", embed_dim=96, depth=2, num_heads=3)  # CLIP has 2
+    keys = dict(clip_path=str(weights_dir / "tiny_clip.pt"), name_path=str(class_file), text_cache_dir=False)
+    model = build_model(method="proxyclip", vfm_model=three_heads, **keys)
+    assert model.vfm is three_heads and torch.isfinite(model([torch.zeros(3, 32, 32)])[0].probs).all()
+    with pytest.raises(ConfigError, match=r"^CLIP's last block has 2 heads and vfm 'dino_vitb8' 3: method 'cass' "
+                                          r"pairs heads one to one"):
+        build_model(vfm_model=three_heads, **keys)
+
+
+def test_vfm_path_and_its_former_name(weights_dir, class_file):
+    keys = dict(clip_path=str(weights_dir / "tiny_clip.pt"), vfm_overrides=TINY_VFM, name_path=str(class_file),
+                text_cache_dir=False)
+    image = torch.linspace(-1, 1, 3 * 32 * 48).reshape(3, 32, 48)
+    new = build_model(vfm_path=str(weights_dir / "tiny_dino.pth"), **keys)([image])[0].probs
+    old = build_model(dino_path=str(weights_dir / "tiny_dino.pth"), **keys)([image])[0].probs
+    assert torch.equal(new, old)
+    with pytest.raises(ConfigError, match="give the VFM weights once"):
+        build_model(vfm_path=str(weights_dir / "tiny_dino.pth"), dino_path="other.pth", **keys)
+
+
+# ---------------------------------------------------------------- each method's own vocabulary
+OWN_FILES = [  # (method, benchmark, class index, the queries of that class in the method's file)
+    ("clearclip", "cfg_voc21", 0, ["background"]),
+    ("clearclip", "cfg_voc20", 14, ["person"]),
+    ("clearclip", "cfg_coco_object", 0, ["background"]),
+    ("proxyclip", "cfg_voc21", 20, ["tvmonitor"]),
+    ("proxyclip", "cfg_voc20", 19, ["tvmonitor"]),
+    ("proxyclip", "cfg_coco_object", 0, ["sky", "wall", "tree", "wood", "grass", "road", "sea", "river", "mountain",
+                                         "sands", "desk", "bed", "building", "cloud", "floor", "hill", "rail"]),
+]
+
+
+@pytest.mark.parametrize("method, benchmark, index, queries", OWN_FILES)
+def test_published_protocol_uses_the_methods_own_class_names(method, benchmark, index, queries):
+    options = dict(o.split("=", 1) for o in cfg_options(method, benchmark))
+    path = Path(options["model.name_path"])
+    assert path.parent == CONFIGS_DIR / method and path.is_file()
+    names, query_class, display = read_class_file(path)
+    assert [n for n, c in zip(names, query_class) if c == index] == queries
+    shared_names, shared_class, shared_display = read_class_file(CONFIGS_DIR / path.name)
+    assert len(display) == len(shared_display)  # same classes, same order ...
+    assert [n for n, c in zip(shared_names, shared_class) if c == index] != queries  # ... other names
+    # the CASS protocol keeps the benchmark config's file
+    assert not any(o.startswith("model.name_path=") for o in cfg_options(method, benchmark, "cass"))
+
+
+def test_other_methods_use_the_benchmark_config_class_names():
+    for name, method in METHODS.items():
+        for benchmark, settings in method.protocol.items():
+            if "class_file" not in settings:
+                assert not any(o.startswith("model.name_path=") for o in cfg_options(name, benchmark))
+    assert {(m, b) for m, b, *_ in OWN_FILES} == {
+        (name, b) for name, method in METHODS.items() for b, s in method.protocol.items() if "class_file" in s}
+
+
+# ---------------------------------------------------------------- the model names no method; adding one
+def test_the_model_names_no_method():
+    """No method name in cass/model.py ("clip" is also the tower's name there) and no comparison with one."""
+    import ast
+    source = (REPO / "cass" / "model.py").read_text()
+    for name in set(METHODS) - {"clip"}:
+        assert f'"{name}"' not in source and f"'{name}'" not in source, name
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            names = [n.attr for side in [node.left, *node.comparators] for n in ast.walk(side)
+                     if isinstance(n, ast.Attribute)]
+            assert "name" not in names and "method" not in names, ast.unparse(node)
+
+
+def key_key_features(model, crops, tokens, grid):
+    """The worked example of docs/architecture.md: ``softmax(s K K^T)`` over CLS + patches, no residual."""
+    visual = model.clip.visual
+    q, k, v = methods.block_qkv(visual.transformer.resblocks[-1], tokens)
+    attn = methods.self_self_attention(k)
+    return methods.last_block_features(visual, methods.attend(attn, v), None, 1), grid
+
+
+@pytest.fixture()
+def keykey():
+    sys.modules.setdefault("test_family", sys.modules[__name__])
+    method = register_method(Method(name="keykey", title="key-key attention (example)",
+                                    last_block="test_family:key_key_features"))
+    yield method
+    del METHODS["keykey"]
+
+
+def test_a_new_method_is_one_entry(keykey):
+    clip = tiny_clip()
+    model = CASSModel(clip, tiny_dino(), Vocabulary.from_classes(CLASSES),
+                      CASSConfig.from_keys(dict(method="keykey", precision="fp32")), text_cache_dir=False)
+    assert model.vfm is None and not model.config.method.refines_text and not model.config.method.keeps_residual
+    image = torch.linspace(-2, 2, 3 * 48 * 64).reshape(3, 48, 64)
+    probs = model([image])[0].probs
+    # the shared pipeline around it: one window, F . t upsampled, x 40 softmax, synonyms merged by max
+    tokens, grid = clip_vit.clip_trunk(clip.visual, image[None])
+    feats, _ = key_key_features(model, image[None], tokens, grid)
+    text_feats, _ = model.text_state()
+    logits = torch.nn.functional.interpolate((feats @ text_feats.T).transpose(1, 2).reshape(1, -1, *grid),
+                                             size=(48, 64), mode="bilinear", align_corners=False)[0] * 40
+    want = logits.softmax(0)
+    want = torch.stack([want[0:2].amax(0), want[2], want[3:5].amax(0), want[5]])
+    torch.testing.assert_close(probs, want)
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(keykey)
+
+
+def test_unknown_method_is_one_line():
+    with pytest.raises(ConfigError, match=r"^method must be one of \('cass', .*'proxyclip'\), got 'dino'$"):
+        CASSConfig.from_keys(dict(method="dino"))
+    with pytest.raises(KeyError, match="unknown method 'dino'"):
+        get_method("dino")
+    with pytest.raises(ValueError, match="merge must be one of"):
+        Method(name="x", title="x", last_block="m:f", merge="features")
+
+
+# ---------------------------------------------------------------- casts set the precision
+def test_casts_set_the_precision_of_both_towers():
+    model = CASSModel(tiny_clip(), tiny_dino(), Vocabulary.from_classes(["cat"]), text_cache_dir=False)
+    assert model.precisions() == ("fp32", "fp32")
+    assert model.half() is model and model.precisions() == ("fp16", "fp16")
+    assert model.clip.visual.conv1.weight.dtype == torch.float16 and model.vfm.patch_embed.proj.weight.dtype == torch.float16
+    assert model.clip.visual.ln_post.weight.dtype == torch.float32  # LayerNorms stay float32, as OpenAI's fp16 CLIP
+    model.to(torch.bfloat16)
+    assert model.precisions() == ("bf16", "bf16") and model.vfm.patch_embed.proj.weight.dtype == torch.bfloat16
+    model.to("cpu", dtype=torch.float32)
+    assert model.config.precision.clip == "fp32" and model.clip.visual.conv1.weight.dtype == torch.float32
+    model.bfloat16().float()
+    assert model.precisions() == ("fp32", "fp32") and model.vfm.patch_embed.proj.weight.dtype == torch.float32
+    model.to("cpu")  # a move keeps the precision
+    assert model.precisions() == ("fp32", "fp32")
+    with pytest.raises(TypeError, match="not torch.float64"):
+        model.double()
+    assert model.set_precision("fp16", "fp32").precisions() == ("fp16", "fp32")
