@@ -28,13 +28,14 @@ class WeightsError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the model."""
 
 
-def _cache_dir() -> Path:
+def weights_cache_dir() -> Path:
+    """Where public (and placed gated) checkpoints are cached: ``$CASS_WEIGHTS_DIR``, else torch hub's checkpoints."""
     return Path(os.environ.get("CASS_WEIGHTS_DIR", Path(torch.hub.get_dir()) / "checkpoints"))
 
 
 def _fetch_public(url: str, setting: str) -> Path:
     """Path of a public checkpoint in the cache, downloading it once if needed."""
-    target = _cache_dir() / Path(url).name
+    target = weights_cache_dir() / Path(url).name
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +243,7 @@ def _vfm_file(vfm: str) -> Path:
     spec = VFM_SPECS[vfm]
     if spec.url is not None:
         return _fetch_public(spec.url, setting)
-    target = _cache_dir() / spec.release_file
+    target = weights_cache_dir() / spec.release_file
     if not target.is_file():
         raise WeightsError(f"{spec.release_file} is not in {target.parent} and is not public: request it at "
                            f"{spec.download_page} (licence form), download it and set {setting} to its path")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create (or refresh) the project's virtual environment in ./.venv.
 #
-#   bash scripts/setup.sh           # full: the model, the mmseg adapter (mmcv built from source), test tools
-#   bash scripts/setup.sh --demo    # the model, the image API and demo.py only: no mmcv, no build
+#   bash scripts/setup.sh           # full: the model, the mmseg adapter (mmcv built from source), the web app, test tools
+#   bash scripts/setup.sh --demo    # the model, the image API and demo.py only: no mmcv, no build, no web app
 #   bash scripts/setup.sh --no-test # full without the test tools
 #
 # Order matters: torch first; in the full profile mmcv 2.1.0 is then built
@@ -45,12 +45,12 @@ if [[ $profile == full ]]; then
     || die "Python headers (Python.h) are missing; mmcv's build needs them (Debian: apt-get install python3-dev)"
 fi
 
-stamp_key=$(cat "$repo/requirements.txt" "$repo/requirements-mmseg.txt" "$repo/requirements-test.txt" \
-  "$repo/pyproject.toml" "$0" "$repo/scripts/build_mmcv.sh" | sha256sum | cut -c1-16)-py$pyver
+stamp_key=$(cat "$repo/requirements.txt" "$repo/requirements-mmseg.txt" "$repo/requirements-app.txt" \
+  "$repo/requirements-test.txt" "$repo/pyproject.toml" "$0" "$repo/scripts/build_mmcv.sh" | sha256sum | cut -c1-16)-py$pyver
 stamp=$venv/.cass-setup-stamp
 check='import torch, torchvision, open_clip, timm, mmengine, cass'
-[[ $profile == full ]] && check+='; import mmcv.ops, mmseg, cass.mmseg'
-[[ $with_test == 1 ]] && check+='; import pytest'
+[[ $profile == full ]] && check+='; import mmcv.ops, mmseg, cass.mmseg, gradio'
+[[ $with_test == 1 ]] && check+='; import pytest, playwright'
 
 # a full environment also serves the demo; a demo one is completed by a full run
 if [[ -f $stamp ]]; then
@@ -70,7 +70,7 @@ pip_iso=("${pip[@]}" --isolated)
 [[ -n ${PIP_CERT:-} ]] && pip_iso+=(--cert "$PIP_CERT")
 
 req() { grep -hE "^$1==" "$repo/requirements.txt" "$repo/requirements-mmseg.txt" || die "no pin of $1 in requirements*.txt"; }
-steps=4; [[ $profile == full ]] && steps=5
+steps=3; [[ $profile == full ]] && steps=5; [[ $with_test == 1 ]] && steps=$((steps + 1))
 
 echo "setup: [1/$steps] build tools ($profile profile)"
 "${pip[@]}" install -q --upgrade pip wheel ninja
@@ -90,9 +90,11 @@ if [[ $profile == full ]]; then
   echo "setup: [4/$steps] $(req mmcv) (built from source: about 11 min on 2 cores the first time) + $(req mmsegmentation)"
   bash "$repo/scripts/build_mmcv.sh" "$venv/bin/python"
   "${pip[@]}" install -q -r "$repo/requirements-mmseg.txt"
+  echo "setup: [5/$steps] the web app (requirements-app.txt: gradio)"
+  "${pip[@]}" install -q -r "$repo/requirements-app.txt"
 fi
 if [[ $with_test == 1 ]]; then
-  echo "setup: [$steps/$steps] test tools"
+  echo "setup: [$steps/$steps] test tools (pytest; playwright, which drives the system's chromium)"
   "${pip[@]}" install -q -r "$repo/requirements-test.txt"
 fi
 
