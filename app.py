@@ -23,10 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-from mmengine.config import DictAction
 
-from cass.config import PRECISIONS
+from cass.cli import add_model_arguments, check_model_arguments
 from cass.family import METHODS
 from cass.webapp import EXAMPLES, Engine, Options, Request, class_heatmap, legend_html, user_message
 
@@ -56,25 +54,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860, Gradio's)")
     parser.add_argument("--share", action="store_true",
                         help="also create a temporary public link through Gradio's share servers")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="benchmark config for the model settings (default: configs/cfg_ade20k.py)")
-    parser.add_argument("--clip-path", default=None,
-                        help="local weights of the config's CLIP (OpenAI ViT-B-16.pt); default: downloaded once")
-    parser.add_argument("--vfm-path", "--dino-path", dest="vfm_path", default=None,
-                        help="local weights of the config's VFM (DINO ViT-B/8: dino_vitbase8_pretrain.pth); "
-                             "default: downloaded once. --dino-path is its old name")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="precision of both towers (default: the config's, 'auto')")
+    add_model_arguments(parser)
     parser.add_argument("--max-models", type=int, default=3,
                         help="models kept built at once; the least recently used beyond are dropped (default: 3)")
-    parser.add_argument("--opacity", type=float, default=0.5, help="opacity of the class colours (0 to 1)")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None, metavar="KEY=VALUE",
-                        help="override config settings, mmseg style: model.h_threshold=0.1")
     args = parser.parse_args(argv)
-    if not 0 <= args.opacity <= 1:
-        parser.error(f"--opacity must lie in [0, 1], got {args.opacity}")
+    check_model_arguments(parser, args)
     if args.max_models < 1:
         parser.error(f"--max-models must be at least 1, got {args.max_models}")
     if not 0 < args.port < 65536:

@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mmengine.config import DictAction
 from tqdm import tqdm
 
 from cass import ConfigError, VocabularyError, WeightsError
 from cass.api import Segmentation, Segmenter
-from cass.config import PRECISIONS
+from cass.cli import add_model_arguments, check_model_arguments
 from cass.images import ImageError, check_image_file, read_image
 from cass.visualize import format_share, save_png
 
@@ -63,25 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="deprecated: the old name of --save-probs (it always wrote probabilities)")
     parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     parser.add_argument("--batch-size", type=int, default=4, help="images per model call (default: 4)")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="benchmark config for the settings (default: configs/cfg_ade20k.py)")
-    parser.add_argument("--clip-path", default=None,
-                        help="local CLIP ViT-B/16 weights (OpenAI ViT-B-16.pt); default: downloaded once")
-    parser.add_argument("--vfm-path", "--dino-path", dest="vfm_path", default=None,
-                        help="local weights of the config's VFM (DINO ViT-B/8: dino_vitbase8_pretrain.pth; "
-                             "DINOv2, DINOv3: docs/backbones.md); default: downloaded once. "
-                             "--dino-path is its old name")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="precision of both towers (default: the config's, 'auto': on CUDA CLIP fp16 and "
-                             "the VFM fp32 with TF32, like the released code; fp32 on the CPU)")
-    parser.add_argument("--opacity", type=float, default=0.5, help="opacity of the class colours (0 to 1)")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None, metavar="KEY=VALUE",
-                        help="override config settings, mmseg style: model.prob_thd=0.1 model.slide_crop=0")
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
-    if not 0 <= args.opacity <= 1:
-        parser.error(f"--opacity must lie in [0, 1], got {args.opacity}")
+    check_model_arguments(parser, args)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     return args

@@ -12,15 +12,41 @@ import os
 # is read when Triton is imported, so it is set before anything imports it.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import ModuleType  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from cass.random_weights import TINY_VFM, random_clip, random_dino, write_clip, write_dino  # noqa: E402
 
-__all__ = ["TINY_VFM", "model_keys", "segmentor_cfg", "tiny_clip", "tiny_dino", "write_clip_state_dict",
-           "write_dino_checkpoint"]
+__all__ = ["REPO", "TINY_VFM", "load_script", "model_keys", "segmentor_cfg", "synthetic_photo", "tiny_clip",
+           "tiny_dino", "write_clip_state_dict", "write_dino_checkpoint"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(path: str, name: str) -> ModuleType:
+    """A script of the repository (``"demo.py"``, ``"scripts/compare_released.py"``) imported as module
+    ``name`` and registered in ``sys.modules`` (dataclasses look their module up there)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def synthetic_photo(h: int = 120, w: int = 160) -> np.ndarray:
+    """(h, w, 3) uint8 RGB: sky, a grey object and grass (classes of very different areas), with noise."""
+    rng = np.random.default_rng(0)
+    image = np.zeros((h, w, 3), np.uint8)
+    image[: h // 3] = (110, 160, 230)
+    image[h // 3:] = (60, 150, 40)
+    image[h // 3: h // 2, w // 3: w // 2] = (128, 128, 128)
+    return (image + rng.integers(0, 20, image.shape)).astype(np.uint8)
 
 
 def tiny_clip(seed: int = 0):

@@ -3,7 +3,6 @@
 Every request is compared with a Segmenter called directly on the same
 settings: the app must be a thin layer, not a second pipeline.
 """
-import importlib.util
 import json
 import logging
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_VFM
+from conftest import TINY_VFM, load_script, synthetic_photo
 from PIL import Image
 
 from cass.api import Segmenter
@@ -31,13 +30,7 @@ TINY_OPTIONS = {f"model.vfm_overrides.{k}": v for k, v in TINY_VFM.items()}
 
 
 def photo(h=96, w=128):
-    """Sky, a grey block and grass, with noise."""
-    rng = np.random.default_rng(0)
-    image = np.zeros((h, w, 3), np.uint8)
-    image[: h // 3] = (110, 160, 230)
-    image[h // 3:] = (60, 150, 40)
-    image[h // 3: h // 2, w // 3: w // 2] = (128, 128, 128)
-    return (image + rng.integers(0, 20, image.shape)).astype(np.uint8)
+    return synthetic_photo(h, w)
 
 
 @pytest.fixture()
@@ -328,11 +321,7 @@ def test_the_model_does_not_import_gradio():
 @pytest.fixture(scope="module")
 def app():
     pytest.importorskip("gradio", reason="the app needs gradio: pip install -e .[app]")
-    spec = importlib.util.spec_from_file_location("app", REPO / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["app"] = module
-    spec.loader.exec_module(module)
-    yield module
+    yield load_script("app.py", "app")
     sys.modules.pop("app", None)
 
 

@@ -1,13 +1,12 @@
 """benchmark.py and the released-structure baseline, with tiny random models."""
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import model_keys
+from conftest import load_script, model_keys
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist
 
@@ -19,14 +18,7 @@ from cass.random_weights import random_dino
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark = load_benchmark()
+benchmark = load_script("benchmark.py", "benchmark")
 
 
 @pytest.fixture()

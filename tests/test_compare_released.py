@@ -1,11 +1,11 @@
 """scripts/compare_released.py's own helpers, without the released code."""
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
 from cass.api import load_config, resize_scale
 from cass.images import as_bgr_uint8, normalise, resize_keep_ratio
@@ -15,11 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def compare():
-    spec = importlib.util.spec_from_file_location("compare_released", REPO / "scripts" / "compare_released.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["compare_released"] = module
-    spec.loader.exec_module(module)
-    yield module
+    yield load_script("scripts/compare_released.py", "compare_released")
     sys.modules.pop("compare_released", None)
 
 

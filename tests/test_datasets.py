@@ -1,9 +1,9 @@
 """Benchmark datasets, the COCO-Object converter and the dataset checker."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 from fake_datasets import ade_layout, block_label, coco_layout, voc_layout, write_label
 from mmengine.config import Config
 from mmseg.datasets import COCOStuffDataset, PascalVOCDataset
@@ -18,10 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_converter():
-    spec = importlib.util.spec_from_file_location("cvt_coco_object", REPO / "datasets" / "cvt_coco_object.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("datasets/cvt_coco_object.py", "cvt_coco_object")
 
 
 def voc_cfg(root, dataset_type="PascalVOCDataset"):

@@ -1,5 +1,4 @@
 """demo.py end to end: a subprocess with tiny weights, then error paths through main()."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -7,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_VFM
+from conftest import TINY_VFM, load_script, synthetic_photo
 from PIL import Image
 
 from cass.api import Segmenter
@@ -20,11 +19,7 @@ TINY_OPTIONS = ["--cfg-options"] + [f"model.vfm_overrides.{k}={v}" for k, v in T
 
 @pytest.fixture(scope="module")
 def demo():
-    spec = importlib.util.spec_from_file_location("demo", REPO / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["demo"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
+    yield load_script("demo.py", "demo")
     sys.modules.pop("demo", None)
 
 
@@ -32,14 +27,7 @@ def weights_args(weights_dir):
     return ["--clip-path", str(weights_dir / "tiny_clip.pt"), "--vfm-path", str(weights_dir / "tiny_dino.pth")]
 
 
-def photo(h=120, w=160):
-    """Sky, a grey object and grass: classes with very different areas."""
-    rng = np.random.default_rng(0)
-    image = np.zeros((h, w, 3), np.uint8)
-    image[: h // 3] = (110, 160, 230)
-    image[h // 3:] = (60, 150, 40)
-    image[h // 3: h // 2, w // 3: w // 2] = (128, 128, 128)
-    return (image + rng.integers(0, 20, image.shape)).astype(np.uint8)
+photo = synthetic_photo
 
 
 def test_demo_subprocess_writes_png_legend_and_probs(weights_dir, tmp_path):

@@ -1,6 +1,5 @@
 """eval.py end to end on a tiny VOC dataset, its errors, the summary and eval_all.sh."""
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_VFM, write_clip_state_dict, write_dino_checkpoint
+from conftest import TINY_VFM, load_script, write_clip_state_dict, write_dino_checkpoint
 from fake_datasets import block_label, voc_layout
 from mmengine.config import Config
 from mmseg.datasets import PascalVOCDataset
@@ -30,10 +29,7 @@ TINY_OPTIONS = [f"model.vfm_overrides.{key}={value}" for key, value in TINY_VFM.
 
 
 def load_eval_script():
-    spec = importlib.util.spec_from_file_location("eval_script", REPO / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("eval.py", "eval_script")
 
 
 def run_eval(args, tmp, timeout=300):

@@ -1,11 +1,10 @@
 """Methods as registered parts: the registry, what a configuration needs, outputs unchanged bit for bit."""
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_VFM, tiny_clip, tiny_dino, write_clip_state_dict
+from conftest import TINY_VFM, load_script, tiny_clip, tiny_dino, write_clip_state_dict
 
 from cass import CASSConfig, CASSModel, ConfigError, Vocabulary, build_model, clip_vit, methods
 from cass.family import (CONFIGS_DIR, METHODS, Method, Requirements, cfg_options, get_method, register_method,
@@ -18,10 +17,7 @@ CLASSES = ["background, sky", "cat", "dog, puppy", "grass"]
 
 
 def _outputs_script():
-    spec = importlib.util.spec_from_file_location("make_method_outputs", REPO / "tests" / "data" / "make_method_outputs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tests/data/make_method_outputs.py", "make_method_outputs")
 
 
 # ---------------------------------------------------------------- outputs unchanged
