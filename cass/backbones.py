@@ -1,7 +1,7 @@
 """The supported backbones, one entry each: architecture, release file, URL and format.
 
 Like timm's pretrained ``default_cfgs``: every fact about a backbone sits in
-its entry of :data:`CLIP_SPECS` or :data:`VFM_SPECS`, and the code that
+its entry of :data:`CLIP_SPECS`, :data:`VFM_SPECS` or :data:`SAM_SPECS`, and the code that
 builds, downloads, loads or checks a model reads it from there (the loaders
 are in :mod:`cass.weights`, the VFM keys in :mod:`cass.vfm_keys`, the table
 for readers in ``docs/backbones.md``). Standard library only, so that
@@ -122,3 +122,31 @@ VFM_SPECS: dict[str, VFMSpec] = {
 def vfms_with_heads(count: int) -> list[str]:
     """The VFMs whose last block has ``count`` heads (those CASS can pair with a CLIP of ``count`` heads)."""
     return [name for name, spec in VFM_SPECS.items() if spec.num_heads == count]
+
+
+@dataclass(frozen=True)
+class SAMSpec:
+    """A Segment Anything release (Trident's SAM; the key is segment-anything's ``sam_model_registry`` name).
+
+    Attributes:
+        release_file: file name of the release (in the weights cache); a plain
+            state dict of segment-anything's ``Sam`` (image encoder, prompt
+            encoder and mask decoder).
+        url: the public release (downloaded once when no path is given).
+    """
+
+    release_file: str
+    url: str
+
+    def __post_init__(self) -> None:
+        if self.url.rsplit("/", 1)[-1] != self.release_file:
+            raise ValueError(f"url {self.url} does not end in the release file {self.release_file}")
+
+
+SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+
+SAM_SPECS: dict[str, SAMSpec] = {
+    kind: SAMSpec(file, SAM_URL + file)
+    for kind, file in (("vit_b", "sam_vit_b_01ec64.pth"), ("vit_l", "sam_vit_l_0b3195.pth"),
+                       ("vit_h", "sam_vit_h_4b8939.pth"))
+}

@@ -1,13 +1,16 @@
-"""Random-weight CLIP and VFMs through the real builders, and release-format files of them.
+"""Random-weight CLIP, VFMs and SAM through the real builders, and release-format files of them.
 
 For tests, benchmarks and offline trials: random weights cost the same time as
 real ones (only the labels depend on the weights). ``tiny=True`` gives the
 test suite's small models (2 layers, width 128, 2 heads of 64) with each
-backbone's patch size, image size, prefix tokens and positional scheme.
+backbone's patch size, image size, prefix tokens and positional scheme; for
+SAM (:data:`TINY_SAM`) a 4-block image encoder, windowed and global blocks
+alternating, at SAM's 1024-px input.
 
     python -m cass.random_weights DIR          # DIR/ViT-B-16.pt and DIR/dino_vitbase8_pretrain.pth
     python -m cass.random_weights DIR --tiny   # the tiny test models instead
     python -m cass.random_weights DIR --clip ViT-L/14 --vfm dinov2_vitl14 dinov3_vitl16
+    python -m cass.random_weights DIR --tiny --sam vit_b   # also DIR/sam_vit_b_01ec64.pth
 """
 from __future__ import annotations
 
@@ -21,10 +24,14 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
-from .backbones import CLIP_SPECS, VFM_SPECS
-from .weights import build_vfm
+from .backbones import CLIP_SPECS, SAM_SPECS, VFM_SPECS
+from .weights import build_sam, build_vfm
 
 TINY_VFM = dict(embed_dim=128, depth=2, num_heads=2)
+# SAM's image encoders shrunk, widths growing b < l < h as the real ones (so one kind's file does
+# not fit another's model); heads of 32 channels; blocks 1 and 3 global, 0 and 2 windowed
+TINY_SAM = {kind: dict(embed_dim=32 * heads, depth=4, num_heads=heads, global_attn_indexes=(1, 3))
+            for kind, heads in (("vit_b", 2), ("vit_l", 3), ("vit_h", 4))}
 
 
 def random_clip(tiny: bool = False, seed: int = 0, arch: str = "ViT-B/16") -> CLIP:
@@ -64,6 +71,29 @@ def random_dino(tiny: bool = False, seed: int = 0, vfm: str = "dino_vitb8") -> n
             elif name.endswith(("ls1.gamma", "ls2.gamma", "gamma_1", "gamma_2")):
                 param.uniform_(0.05, 0.5)
     return model
+
+
+def random_sam(kind: str = "vit_b", tiny: bool = False, seed: int = 0) -> nn.Module:
+    """segment-anything ``Sam`` of ``kind`` with random weights (``tiny``: :data:`TINY_SAM`); eval.
+
+    SAM zero-initialises the positional embedding and the relative positions;
+    they get random values so that both matter, as in trained weights.
+    """
+    torch.manual_seed(seed)
+    model = build_sam(kind, **(TINY_SAM[kind] if tiny else {}))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name == "image_encoder.pos_embed":
+                param.normal_(std=0.5)
+            elif name.endswith(("attn.rel_pos_h", "attn.rel_pos_w")):
+                param.normal_(std=0.2)
+    return model
+
+
+def write_sam(path: str | Path, kind: str = "vit_b", tiny: bool = False, seed: int = 0) -> Path:
+    """SAM's release layout: a plain float32 state dict of ``Sam``."""
+    torch.save(random_sam(kind, tiny, seed).state_dict(), path)
+    return Path(path)
 
 
 def write_clip(path: str | Path, tiny: bool = False, seed: int = 0, arch: str = "ViT-B/16") -> Path:
@@ -129,14 +159,16 @@ def write_dino(path: str | Path, tiny: bool = False, seed: int = 0, full: bool =
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cass.random_weights",
-                                     description="Write random CLIP and VFM weights in their release formats and "
-                                                 "file names (for offline trials and benchmarks).")
+                                     description="Write random CLIP, VFM and SAM weights in their release formats "
+                                                 "and file names (for offline trials and benchmarks).")
     parser.add_argument("out_dir", type=Path,
                         help="folder for the files (e.g. ViT-B-16.pt, dino_vitbase8_pretrain.pth)")
     parser.add_argument("--clip", nargs="*", default=["ViT-B/16"], choices=sorted(CLIP_SPECS),
                         help="CLIP architectures (default ViT-B/16)")
     parser.add_argument("--vfm", nargs="*", default=["dino_vitb8"], choices=sorted(VFM_SPECS),
                         help="VFMs (default dino_vitb8)")
+    parser.add_argument("--sam", nargs="*", default=[], choices=sorted(SAM_SPECS),
+                        help="SAM releases, for Trident (default none)")
     parser.add_argument("--tiny", action="store_true", help="the test suite's tiny models")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -145,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(write_clip(args.out_dir / CLIP_SPECS[arch].release_file, args.tiny, args.seed, arch))
     for vfm in args.vfm:
         print(write_dino(args.out_dir / VFM_SPECS[vfm].release_file, args.tiny, args.seed, vfm=vfm))
+    for kind in args.sam:
+        print(write_sam(args.out_dir / SAM_SPECS[kind].release_file, kind, args.tiny, args.seed))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Weight loading: OpenAI CLIP archives/state dicts and DINO/DINOv2/DINOv3 release checkpoints.
+"""Weight loading: OpenAI CLIP archives/state dicts, DINO/DINOv2/DINOv3 and SAM release checkpoints.
 
 Everything loads on the CPU and strictly; key remapping is timm's own
 ``checkpoint_filter_fn`` (``vision_transformer`` for DINO and DINOv2, ``eva``
@@ -21,7 +21,7 @@ from open_clip.model import build_model_from_openai_state_dict
 from timm.models import eva, vision_transformer
 from torch import nn
 
-from .backbones import CLIP_SPECS, FORMAT_NAMES, VFM_SPECS, VFMSpec, vfms_with_heads
+from .backbones import CLIP_SPECS, FORMAT_NAMES, SAM_SPECS, VFM_SPECS, VFMSpec, vfms_with_heads
 
 
 class WeightsError(RuntimeError):
@@ -267,4 +267,41 @@ def load_vfm(vfm: str = "dino_vitb8", path: str | None = None, model: nn.Module 
     model.load_state_dict(state_dict, strict=True)
     if VFM_SPECS[vfm].release_format == "dinov3":
         _load_rope_periods(file, model, dino_state_dict(checkpoint))
+    return model.eval()
+
+
+def build_sam(kind: str = "vit_b", **encoder: object) -> nn.Module:
+    """Random-weight segment-anything ``Sam`` of ``kind`` (``'vit_b'``, ``'vit_l'``, ``'vit_h'``); eval, CPU.
+
+    Built by ``sam_model_registry[kind]`` with ``checkpoint=None``. ``encoder``
+    (all of ``embed_dim``, ``depth``, ``num_heads``, ``global_attn_indexes``)
+    shrinks the image encoder for tests: the same builder the registry's
+    entries call (``_build_sam``), prompt encoder and mask decoder as released.
+    """
+    from segment_anything import sam_model_registry  # only SAM's users need the package loaded
+    from segment_anything.build_sam import _build_sam
+
+    if kind not in SAM_SPECS:
+        raise ValueError(f"unknown SAM '{kind}'; choose one of {sorted(SAM_SPECS)}")
+    if not encoder:
+        return sam_model_registry[kind](checkpoint=None).eval()
+    return _build_sam(**{f"encoder_{name}": value for name, value in encoder.items()}, checkpoint=None).eval()
+
+
+def load_sam(kind: str = "vit_b", path: str | None = None, model: nn.Module | None = None) -> nn.Module:
+    """SAM with release weights, from ``path`` or the public URL (downloaded once into the cache).
+
+    ``model`` is the architecture to load into (a tiny one in tests); default
+    the full-size ``kind``. The release is a plain state dict of ``Sam``,
+    loaded strictly on the CPU.
+    """
+    if kind not in SAM_SPECS:
+        raise ValueError(f"unknown SAM '{kind}'; choose one of {sorted(SAM_SPECS)}")
+    file = _fetch_public(SAM_SPECS[kind].url, "sam_path (--sam-path)") if path is None else _local_file(path, "SAM")
+    state_dict = _torch_load(file)
+    if not isinstance(state_dict, dict):
+        raise WeightsError(f"{file}: not a SAM checkpoint (a {type(state_dict).__name__}, expected a dict)")
+    model = model if model is not None else build_sam(kind)
+    _mismatch(file, model, state_dict)
+    model.load_state_dict(state_dict, strict=True)
     return model.eval()

@@ -1,0 +1,223 @@
+"""SAM for Trident: the release table, strict loading, one-line errors, and the last global block's attention.
+
+Tiny random SAMs (:data:`cass.random_weights.TINY_SAM`: 4 blocks, global 1
+and 3, heads of 32) go through segment-anything's own builder at its 1024-px
+input (a 64 x 64 token grid).
+"""
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO
+from segment_anything import sam_model_registry
+from segment_anything.modeling import ImageEncoderViT, Sam
+from segment_anything.modeling.image_encoder import get_rel_pos
+
+from cass import random_weights, weights
+from cass.backbones import SAM_SPECS, SAMSpec
+from cass.random_weights import TINY_SAM
+from cass.sam_encoder import last_global_attention, last_global_index
+from cass.weights import WeightsError
+
+
+def one_line_error(call, *fragments):
+    with pytest.raises(WeightsError) as err:
+        call()
+    message = str(err.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def tiny_model(kind="vit_b"):
+    return weights.build_sam(kind, **TINY_SAM[kind])
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return random_weights.random_sam("vit_b", tiny=True, seed=1).image_encoder
+
+
+@pytest.fixture(scope="module")
+def images():
+    torch.manual_seed(0)
+    return torch.randn(2, 3, 1024, 1024)
+
+
+def attention_input(encoder, images):
+    """What the encoder's own forward hands to the last global block's ``attn`` (``norm1(x)``), and its output."""
+    captured = {}
+    block = encoder.blocks[last_global_index(encoder)]
+    handle = block.attn.register_forward_hook(lambda m, args, out: captured.update(x=args[0], out=out))
+    try:
+        with torch.no_grad():
+            encoder(images)
+    finally:
+        handle.remove()
+    return captured["x"], captured["out"]
+
+
+# ----------------------------------------------------------------------------- table
+def test_table_names_the_public_releases_of_the_registry():
+    assert {kind: spec.release_file for kind, spec in SAM_SPECS.items()} == {
+        "vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
+    for kind, spec in SAM_SPECS.items():
+        assert spec.url == "https://dl.fbaipublicfiles.com/segment_anything/" + spec.release_file
+        assert kind in sam_model_registry
+    with pytest.raises(ValueError, match="does not end in the release file"):
+        SAMSpec("a.pth", "https://x/b.pth")
+    with pytest.raises(ValueError, match="vit_b"):
+        weights.build_sam("vit_x")
+
+
+def test_tiny_sam_is_the_builders_model_shrunk():
+    model = tiny_model()
+    encoder = model.image_encoder
+    assert isinstance(model, Sam) and isinstance(encoder, ImageEncoderViT)
+    assert [block.window_size for block in encoder.blocks] == [14, 0, 14, 0]
+    assert last_global_index(encoder) == 3 and encoder.img_size == 1024
+    assert encoder.blocks[3].attn.num_heads == 2 and encoder.blocks[3].attn.rel_pos_h.shape == (127, 32)
+
+
+# ----------------------------------------------------------------------------- attention
+def test_attention_equals_a_per_head_loop(encoder, images):
+    """Logits (q . k) * scale + q . Rh[y_i, y_j] + q . Rw[x_i, x_j] per head, then softmax."""
+    x, _ = attention_input(encoder, images)
+    attn, values, grid = last_global_attention(encoder, images)
+    assert grid == (64, 64)
+    n = 64 * 64
+    block = encoder.blocks[3].attn
+    heads, width = block.num_heads, x.shape[-1]
+    d = width // heads
+    assert attn.shape == (2, heads, n, n) and values.shape == (2, heads, n, d)
+    rows = torch.arange(n) // 64
+    cols = torch.arange(n) % 64
+    rel_h = get_rel_pos(64, 64, block.rel_pos_h)  # (64, 64, d): Rh[y_i, y_j]
+    rel_w = get_rel_pos(64, 64, block.rel_pos_w)
+    weight, bias = block.qkv.weight, block.qkv.bias
+    for b in range(2):
+        tokens = x[b].reshape(n, width)
+        for h in range(heads):
+            part = [slice(s * width + h * d, s * width + (h + 1) * d) for s in range(3)]
+            q, k, v = (tokens @ weight[p].T + bias[p] for p in part)
+            logits = (q @ k.T) * d ** -0.5
+            qh = torch.einsum("nc,nkc->nk", q, rel_h[rows])  # (N, 64): q_i . Rh[y_i, y']
+            qw = torch.einsum("nc,nkc->nk", q, rel_w[cols])
+            expected = (logits + qh[:, rows] + qw[:, cols]).softmax(dim=-1)
+            torch.testing.assert_close(attn[b, h], expected, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(values[b, h], v, atol=1e-5, rtol=1e-5)
+            # the relative positions matter (random, as trained ones): without them the attention differs
+            assert (attn[b, h] - logits.softmax(dim=-1)).abs().max() > 1e-2
+    torch.testing.assert_close(attn.sum(-1), torch.ones(2, heads, n), atol=1e-5, rtol=0)
+
+
+def test_attention_and_values_are_those_of_the_encoders_own_forward(encoder, images):
+    """The block's attention output (proj of attn @ v, from the hooked forward) follows from what we return."""
+    x, out = attention_input(encoder, images)
+    attn, values, (h, w) = last_global_attention(encoder, images)
+    block = encoder.blocks[3].attn
+    qkv = block.qkv(x).reshape(2, h * w, 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
+    torch.testing.assert_close(values, qkv[2], atol=1e-6, rtol=1e-6)
+    mixed = (attn @ values).permute(0, 2, 1, 3).reshape(2, h, w, -1)
+    torch.testing.assert_close(block.proj(mixed), out, atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_is_unchanged_by_the_call(images):
+    encoder = random_weights.random_sam("vit_b", tiny=True, seed=2).image_encoder
+    state = {k: v.clone() for k, v in encoder.state_dict().items()}
+    one = images[:1]
+    with torch.no_grad():
+        before = encoder(one)
+    last_global_attention(encoder, one)
+    with torch.no_grad():
+        after = encoder(one)
+    assert torch.equal(before, after)
+    assert encoder.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in encoder.state_dict().items())
+    for module in encoder.modules():
+        assert "forward" not in vars(module)
+        assert not module._forward_hooks and not module._forward_pre_hooks
+    assert encoder.training is False
+
+
+def test_batch_equals_one_at_a_time(encoder, images):
+    attn, values, _ = last_global_attention(encoder, images)
+    for b in range(2):
+        one_attn, one_values, _ = last_global_attention(encoder, images[b:b + 1])
+        torch.testing.assert_close(attn[b:b + 1], one_attn, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(values[b:b + 1], one_values, atol=1e-6, rtol=1e-5)
+
+
+def test_wrong_input_size_is_refused(encoder):
+    with pytest.raises(ValueError, match="1024"):
+        last_global_attention(encoder, torch.randn(1, 3, 512, 512))
+
+
+# ----------------------------------------------------------------------------- weights
+@pytest.mark.parametrize("kind", sorted(SAM_SPECS))
+def test_release_file_round_trip(tmp_path, kind):
+    path = random_weights.write_sam(tmp_path / SAM_SPECS[kind].release_file, kind, tiny=True, seed=3)
+    stored = torch.load(path)
+    assert any(k.startswith("image_encoder.") for k in stored) and any(k.startswith("mask_decoder.") for k in stored)
+    loaded = weights.load_sam(kind, str(path), tiny_model(kind))
+    reference = random_weights.random_sam(kind, tiny=True, seed=3).state_dict()
+    assert loaded.state_dict().keys() == reference.keys() == stored.keys()
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, reference[key]), key
+    assert not loaded.training
+
+
+def test_full_size_vit_b_release_file_loads(tmp_path):
+    """The registry's vit_b, written in the release layout and loaded strictly (no forward: 30 s on a CPU)."""
+    path = random_weights.write_sam(tmp_path / SAM_SPECS["vit_b"].release_file, "vit_b", seed=5)
+    loaded = weights.load_sam("vit_b", str(path))
+    assert len(loaded.image_encoder.blocks) == 12 and loaded.image_encoder.blocks[-1].attn.num_heads == 12
+    assert last_global_index(loaded.image_encoder) == 11
+    for key, value in random_weights.random_sam("vit_b", seed=5).state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_another_kinds_file_is_refused(tmp_path):
+    path = random_weights.write_sam(tmp_path / SAM_SPECS["vit_l"].release_file, "vit_l", tiny=True)
+    one_line_error(lambda: weights.load_sam("vit_b", str(path), tiny_model("vit_b")),
+                   "sam_vit_l_0b3195.pth", "does not fit", "shape")
+
+
+def test_file_missing_a_tensor_names_it(tmp_path):
+    state = random_weights.random_sam("vit_b", tiny=True).state_dict()
+    del state["image_encoder.blocks.3.attn.rel_pos_h"]
+    torch.save(state, tmp_path / "broken.pth")
+    one_line_error(lambda: weights.load_sam("vit_b", str(tmp_path / "broken.pth"), tiny_model()),
+                   "broken.pth", "missing ['image_encoder.blocks.3.attn.rel_pos_h']")
+
+
+def test_missing_file_names_it(tmp_path):
+    one_line_error(lambda: weights.load_sam("vit_b", str(tmp_path / "nope.pth"), tiny_model()),
+                   "SAM weights file not found", "nope.pth")
+
+
+@pytest.mark.parametrize("kind", sorted(SAM_SPECS))
+def test_public_sam_offline_names_file_and_setting(kind):
+    one_line_error(lambda: weights.load_sam(kind, None, tiny_model(kind)),
+                   SAM_SPECS[kind].release_file, SAM_SPECS[kind].url, "sam_path (--sam-path)")
+
+
+def test_cached_release_is_read_without_network(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("CASS_WEIGHTS_DIR", str(cache))
+    random_weights.write_sam(cache / "sam_vit_b_01ec64.pth", "vit_b", tiny=True, seed=4)
+    loaded = weights.load_sam("vit_b", None, tiny_model())
+    expected = random_weights.random_sam("vit_b", tiny=True, seed=4).image_encoder.pos_embed
+    assert torch.equal(loaded.image_encoder.pos_embed, expected)
+
+
+def test_random_weights_cli_writes_the_sam_release_name(tmp_path):
+    subprocess.run([sys.executable, "-m", "cass.random_weights", str(tmp_path), "--tiny", "--sam", "vit_b"],
+                   check=True, capture_output=True, cwd=REPO)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ViT-B-16.pt", "dino_vitbase8_pretrain.pth", "sam_vit_b_01ec64.pth"]
+    loaded = weights.load_sam("vit_b", str(tmp_path / "sam_vit_b_01ec64.pth"), tiny_model())
+    assert len(loaded.image_encoder.blocks) == 4
