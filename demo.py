@@ -31,7 +31,8 @@ from cass import ConfigError, VocabularyError, WeightsError
 from cass.api import Segmentation, Segmenter
 from cass.cli import add_model_arguments, check_model_arguments
 from cass.images import ImageError, check_image_file, read_image
-from cass.visualize import format_share, save_png
+from cass.text import class_list
+from cass.visualize import format_share, legend_record, save_png
 
 PROG = "demo.py"
 DEFAULT_CLASSES = "person, flag, rocket, wall"  # for the default photo
@@ -68,12 +69,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     return args
-
-
-def class_list(text: str) -> list[str]:
-    """``"cat, dog, sky"`` -> ``["cat", "dog", "sky"]``; an empty string is no class."""
-    names = [name.strip() for name in text.split(",")]
-    return [] if names == [""] else names
 
 
 def log(message: str) -> None:
@@ -165,10 +160,8 @@ def write_outputs(job: Job, result: Segmentation, opacity: float) -> list:
     """PNG with legend, JSON legend and optional probabilities of one image."""
     job.png.parent.mkdir(parents=True, exist_ok=True)
     entries = save_png(job.png, result.image, result.labels, result.class_names, opacity)
-    legend = [dict(index=e.index, name=e.name, share=round(e.share, 3), color=list(e.color)) for e in entries]
-    height, width = result.labels.shape
-    job.png.with_suffix(".json").write_text(json.dumps(dict(
-        image=job.name, height=height, width=width, classes=result.class_names, legend=legend), indent=2) + "\n")
+    record = legend_record(result.labels, result.class_names, entries)
+    job.png.with_suffix(".json").write_text(json.dumps(dict(image=job.name, **record), indent=2) + "\n")
     if job.npy is not None:
         job.npy.parent.mkdir(parents=True, exist_ok=True)
         np.save(job.npy, result.probs)

@@ -12,6 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def url_file(url: str) -> str:
+    """The file name a release URL ends in (``'.../ViT-L-14.pt'`` -> ``'ViT-L-14.pt'``)."""
+    return url.rsplit("/", 1)[-1]
+
+
 @dataclass(frozen=True)
 class CLIPSpec:
     """An OpenAI CLIP release.
@@ -27,7 +32,7 @@ class CLIPSpec:
     @property
     def release_file(self) -> str:
         """File name of the release (``'.../ViT-L-14.pt'`` -> ``'ViT-L-14.pt'``)."""
-        return self.url.rsplit("/", 1)[-1]
+        return url_file(self.url)
 
 
 CLIP_SPECS: dict[str, CLIPSpec] = {
@@ -83,7 +88,7 @@ class VFMSpec:
             raise ValueError(f"release_format must be one of {sorted(FORMAT_NAMES)}, got {self.release_format!r}")
         if (self.url is None) == (self.download_page is None):
             raise ValueError(f"{self.release_file}: give either a public url or a gated download_page")
-        if self.url is not None and self.url.rsplit("/", 1)[-1] != self.release_file:
+        if self.url is not None and url_file(self.url) != self.release_file:
             raise ValueError(f"url {self.url} does not end in the release file {self.release_file}")
 
 
@@ -139,7 +144,7 @@ class SAMSpec:
     url: str
 
     def __post_init__(self) -> None:
-        if self.url.rsplit("/", 1)[-1] != self.release_file:
+        if url_file(self.url) != self.release_file:
             raise ValueError(f"url {self.url} does not end in the release file {self.release_file}")
 
 

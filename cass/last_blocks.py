@@ -22,7 +22,6 @@ named :func:`cass.stages.stage`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 from torch import Tensor
@@ -64,8 +63,7 @@ def cass_attention(model, queries: Tensor, keys: Tensor, crops: Tensor, grid: Gr
     cfg = model.config.spectral
     if cfg.attn_strategy == "vanilla":
         with stage("spectral"):
-            logits = (queries.float() @ keys.float().transpose(-1, -2)) / math.sqrt(queries.shape[-1])
-            return logits.softmax(-1)
+            return methods.vanilla_attention(queries, keys)
     vfm_keys = cass_vfm_keys(model, crops, grid)
     with stage("spectral"):
         clip_keys = keys.float()

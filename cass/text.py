@@ -30,6 +30,13 @@ class VocabularyError(ValueError):
     """A class list or class-name file is malformed."""
 
 
+def class_list(text: str) -> list[str]:
+    """``"cat, dog, sky"`` -> ``["cat", "dog", "sky"]`` (a one-line class list, as ``demo.py --classes``);
+    an empty string is no class."""
+    names = [name.strip() for name in text.split(",")]
+    return [] if names == [""] else names
+
+
 def parse_vocabulary(classes: Sequence[str], source: str = "class list") -> tuple[list[str], list[int]]:
     """Queries and their class index from one entry per class.
 

@@ -78,6 +78,14 @@ def render(image: np.ndarray, labels: np.ndarray, class_names: list[str],
     return canvas, entries
 
 
+def legend_record(labels: np.ndarray, class_names: list[str], entries: list[LegendEntry]) -> dict:
+    """The legend as written beside a result (``demo.py``'s JSON, the web app's download):
+    image size, the vocabulary, and each class present with its index, name, share and colour."""
+    height, width = labels.shape
+    legend = [dict(index=e.index, name=e.name, share=round(e.share, 3), color=list(e.color)) for e in entries]
+    return dict(height=height, width=width, classes=class_names, legend=legend)
+
+
 def save_png(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray, class_names: list[str],
              opacity: float = 0.5) -> list[LegendEntry]:
     """Write :func:`render`'s picture as a PNG; returns the legend entries."""

@@ -41,8 +41,8 @@ from .config import CASSConfig, ConfigError
 from .config_files import load_config, model_keys, resize_scale
 from .family import BENCHMARKS, CONFIGS_DIR, METHODS, requirements
 from .images import ImageError, read_image
-from .text import Vocabulary, VocabularyError
-from .visualize import LegendEntry, format_share, render
+from .text import Vocabulary, VocabularyError, class_list
+from .visualize import LegendEntry, format_share, legend_record, render
 from .weights import WeightsError
 from .weights import weights_cache_dir
 
@@ -72,9 +72,7 @@ def parse_classes(text: str) -> list[str]:
     separated by ``", "`` (``"dog, puppy"``); blank lines are skipped.
     """
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(lines) == 1:
-        return [name.strip() for name in lines[0].split(",")]
-    return lines
+    return class_list(lines[0]) if len(lines) == 1 else lines
 
 
 # ------------------------------------------------------------------ presets
@@ -497,11 +495,9 @@ class Engine:
         Image.fromarray(result.labels.astype(dtype)).save(labels)
         probs = folder / f"{stem}_probs.npy"
         np.save(probs, result.probs)
-        height, width = result.labels.shape
-        entries = [dict(index=e.index, name=e.name, share=round(e.share, 3), color=list(e.color)) for e in legend]
         sidecar = folder / f"{stem}_legend.json"
-        sidecar.write_text(json.dumps(dict(info, height=height, width=width, classes=result.class_names,
-                                           legend=entries), indent=2) + "\n")
+        record = legend_record(result.labels, result.class_names, legend)
+        sidecar.write_text(json.dumps(dict(info, **record), indent=2) + "\n")
         self._prune()
         return [labels, probs, sidecar]
 

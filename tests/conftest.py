@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from cass.random_weights import TINY_VFM, random_clip, random_dino, write_clip, write_dino  # noqa: E402
 
-__all__ = ["REPO", "TINY_VFM", "load_script", "model_keys", "segmentor_cfg", "synthetic_photo", "tiny_clip",
+__all__ = ["REPO", "TINY_VFM", "load_script", "model_keys", "one_line_error", "segmentor_cfg", "synthetic_photo", "tiny_clip",
            "tiny_dino", "write_clip_state_dict", "write_dino_checkpoint"]
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,6 +37,20 @@ def load_script(path: str, name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def one_line_error(call, *fragments, error: type[Exception] | None = None) -> str:
+    """The message of the ``error`` (default :class:`cass.weights.WeightsError`) that ``call()`` raises:
+    one line, holding every fragment."""
+    from cass.weights import WeightsError
+
+    with pytest.raises(error or WeightsError) as err:
+        call()
+    message = str(err.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
 
 
 def synthetic_photo(h: int = 120, w: int = 160) -> np.ndarray:

@@ -18,7 +18,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import TINY_VFM
+from conftest import TINY_VFM, one_line_error
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 from cass import backbones, clip_vit, dino_input, random_weights, vfm_keys, weights
@@ -26,7 +26,6 @@ from cass.backbones import CLIP_SPECS, VFM_SPECS, VFMSpec
 from cass.build import build_model
 from cass.config import ConfigError
 from cass.last_blocks import cass_vfm_keys
-from cass.weights import WeightsError
 
 VFMS = sorted(VFM_SPECS)
 CLIPS = sorted(CLIP_SPECS)
@@ -59,16 +58,6 @@ def sdpa_keys(monkeypatch):
         yield captured
     finally:
         monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
-
-
-def one_line_error(call, *fragments):
-    with pytest.raises(WeightsError) as err:
-        call()
-    message = str(err.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
 
 
 # ----------------------------------------------------------------------------- specs and tables

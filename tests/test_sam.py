@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, one_line_error
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, Sam
 from segment_anything.modeling.image_encoder import get_rel_pos
@@ -18,17 +18,6 @@ from cass import random_weights, weights
 from cass.backbones import SAM_SPECS, SAMSpec
 from cass.random_weights import TINY_SAM
 from cass.sam_encoder import last_global_attention, last_global_index
-from cass.weights import WeightsError
-
-
-def one_line_error(call, *fragments):
-    with pytest.raises(WeightsError) as err:
-        call()
-    message = str(err.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
 
 
 def tiny_model(kind="vit_b"):
