@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def options_from(args: argparse.Namespace) -> Options:
     return Options(config=None if args.config is None else str(args.config), clip_path=args.clip_path,
-                   vfm_path=args.vfm_path, device=args.device, precision=args.precision,
+                   vfm_path=args.vfm_path, sam_path=args.sam_path, device=args.device,
+                   precision=args.precision,
                    cfg_options=dict(args.cfg_options or {}), max_models=args.max_models, opacity=args.opacity)
 
 

@@ -48,6 +48,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import copy
 import json
@@ -79,9 +80,9 @@ from cass.build import build_model
 from cass.config import PRECISIONS, CASSConfig
 from cass.config_files import DEFAULT_CONFIG, VFM_PATH_KEYS, load_config, model_keys, with_vfm_path
 from cass.constants import CLIP_MEAN, CLIP_STD
-from cass.family import METHODS
+from cass.family import BENCHMARKS, METHODS, PROTOCOL_NAMES, cfg_options, requirements
 from cass.model import CASSModel, image_boxes
-from cass.random_weights import TINY_VFM, random_clip, random_dino
+from cass.random_weights import TINY_SAM, TINY_VFM, random_clip, random_dino, random_sam
 from cass.weights import clip_from_state_dict
 
 # build_model's keys that benchmark.py sets itself: the towers (random modules, or the files of
@@ -89,7 +90,7 @@ from cass.weights import clip_from_state_dict
 # (cass.config_files.MMSEG_KEYS, which model_keys leaves out) they are the config's keys that are not
 # settings of the timed model.
 BUILD_KEYS = ("clip_path", "clip_model", "vfm", *VFM_PATH_KEYS, "vfm_model", "vfm_overrides", "name_path", "classes",
-              "text_cache_dir")
+              "text_cache_dir", "sam_path", "sam_ckpt", "sam_model", "sam_overrides")
 STAGES = {**stages.STAGES, "other": "other (batching, bookkeeping)"}
 
 
@@ -107,6 +108,14 @@ def model_settings(keys: dict, precision: str | None, crop_batch_size: int) -> d
         settings.pop("vfm_precision", None)
     CASSConfig.from_keys(settings)
     return settings
+
+
+def literal(value: str) -> object:
+    """A ``key=value`` option's value as Python reads it (``336``, ``True``), else the string."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
 
 
 def random_openai_clip(tiny: bool, seed: int, arch: str) -> nn.Module:
@@ -129,6 +138,13 @@ def tower_keys(args: argparse.Namespace) -> dict:
         keys["vfm_overrides"] = TINY_VFM if args.tiny else None
     else:  # built even where the method needs no VFM: build_model leaves it out then
         keys["vfm_model"] = random_dino(args.tiny, args.seed, args.vfm)
+    settings = CASSConfig.from_keys(model_settings(args.model_keys, None, args.crop_batch_size))
+    if requirements(settings).sam:  # random SAM only where the configuration uses it
+        kind = settings.sam.sam_model_type
+        if args.sam_weights is not None:
+            keys.update(sam_path=args.sam_weights, sam_overrides=TINY_SAM[kind] if args.tiny else None)
+        else:
+            keys["sam_model"] = random_sam(kind, args.tiny, args.seed)
     return keys
 
 
@@ -499,6 +515,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clip-weights", default=None, help="real CLIP checkpoint of --clip instead of random")
     parser.add_argument("--vfm-weights", "--dino-weights", dest="vfm_weights", default=None,
                         help="real checkpoint of --vfm instead of random (--dino-weights: its old name)")
+    parser.add_argument("--sam-weights", default=None,
+                        help="real SAM checkpoint of the config's sam_model_type instead of random (Trident)")
+    parser.add_argument("--protocol", choices=PROTOCOL_NAMES, default="cass",
+                        help="'published': the method's published settings for the config's benchmark "
+                             "(windows, thresholds, VFM; cass.family.cfg_options) before --cfg-options; "
+                             "the image size stays --size (default: cass, the config's settings)")
     parser.add_argument("--tiny", action="store_true", help="tiny random models (tests, smoke runs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and images (default: 0)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -522,6 +544,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--cfg-options {key}=...: benchmark.py takes the model's settings only, model.<key>=...")
     if args.method is not None:
         options["model.method"] = args.method
+    if args.protocol == "published":
+        benchmark = Path(args.config or DEFAULT_CONFIG).stem
+        if benchmark not in BENCHMARKS:
+            parser.error(f"--protocol published: {benchmark} is not a benchmark config ({', '.join(BENCHMARKS)})")
+        method = options.get("model.method", model_keys(load_config(args.config)).get("method", "cass"))
+        published = dict(option.split("=", 1) for option in cfg_options(method, benchmark, "published"))
+        published = {key: literal(value) for key, value in published.items()
+                     if key.startswith("model.") and key != "model.name_path"}
+        options = {**published, **options}
     args.model_keys = model_keys(load_config(args.config, options))
     method = args.model_keys.get("method", "cass")
     if method != "cass" and args.mode in ("reference-loop", "both"):

@@ -9,6 +9,7 @@
 #   bash eval_all.sh --method sclip   # a baseline (or METHOD=sclip): clip, maskclip, sclip,
 #                                     # clearclip, naclip, proxyclip; cass is the default
 #   bash eval_all.sh --method sclip --protocol cass   # with CASS's settings instead of SCLIP's
+#   bash eval_all.sh --method trident --clip ViT-H-14/laion2b_s32b_b79k   # another CLIP (its published row)
 #
 # A baseline runs with its published settings on each benchmark (windows,
 # resize, logit scale, thresholds: configs/methods.py), or with --protocol cass
@@ -28,6 +29,7 @@ if [[ $# -gt 0 && $1 =~ ^[0-9]+(,[0-9]+)*$ ]]; then
 fi
 method=${METHOD:-cass}
 protocol=${PROTOCOL:-published}
+clip=${CLIP:-}
 extra=()
 while (( $# )); do
   case $1 in
@@ -35,6 +37,8 @@ while (( $# )); do
     --method=*) method=${1#--method=}; shift ;;
     --protocol) protocol=${2:?--protocol needs a value}; shift 2 ;;
     --protocol=*) protocol=${1#--protocol=}; shift ;;
+    --clip) clip=${2:?--clip needs a value}; shift 2 ;;
+    --clip=*) clip=${1#--clip=}; shift ;;
     *) extra+=("$1"); shift ;;
   esac
 done
@@ -44,6 +48,9 @@ work_root=${WORK_ROOT:-work_dirs}
 python=${PYTHON:-python}
 if [[ $method != cass ]]; then
   work_root=$work_root/$method
+fi
+if [[ -n $clip ]]; then  # another CLIP writes beside the default one's results
+  work_root=$work_root/${clip//\//_}
 fi
 # The paper's column order (the one list: cass/family.py's BENCHMARKS).
 if ! configs=$("$python" configs/methods.py --benchmarks); then
@@ -70,6 +77,9 @@ run_benchmark() {  # gpu name [eval.py args...]
   local options=()
   if [[ -n ${method_options[$key]} ]]; then
     mapfile -t options <<< "${method_options[$key]}"
+  fi
+  if [[ -n $clip ]]; then
+    options+=("model.clip_path=$clip")
   fi
   local cmd=("$python" eval.py --config "configs/$name.py" --work-dir "$work_root/$name")
   if (( ${#options[@]} )); then
@@ -133,6 +143,10 @@ for k in "${!gpu_list[@]}"; do
 done
 
 # As a script, not `-m cass.summary`: the summary needs only the standard library.
-"$python" cass/summary.py "$work_root" --method "$method" --markdown "$work_root/summary.md" \
-  --csv "$work_root/summary.csv"
+summary_clip=()
+if [[ -n $clip ]]; then
+  summary_clip=(--clip "$clip")
+fi
+"$python" cass/summary.py "$work_root" --method "$method" "${summary_clip[@]+"${summary_clip[@]}"}" \
+  --markdown "$work_root/summary.md" --csv "$work_root/summary.csv"
 echo "eval_all: summary in $work_root/summary.md and $work_root/summary.csv"

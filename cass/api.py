@@ -84,6 +84,8 @@ class Segmenter:
         clip_path, vfm_path: local weights of CLIP and of the VFM (DINO,
             DINOv2, DINOv3); None keeps the config's (public weights,
             downloaded once). ``dino_path`` is the VFM's old name.
+        sam_path: local SAM weights where the method uses SAM (Trident);
+            None: the public file, downloaded once.
         device: where the model runs (``'cpu'``, ``'cuda'``, ``'cuda:1'``).
         precision: one of :data:`cass.config.PRECISIONS` for both towers;
             None keeps the config's (``'auto'``: float32 on the CPU).
@@ -95,13 +97,17 @@ class Segmenter:
     def __init__(self, config: str | os.PathLike | None = None, classes: Sequence[str] | None = None,
                  class_file: str | os.PathLike | None = None, clip_path: str | None = None,
                  vfm_path: str | None = None, device: str | torch.device = "cpu", precision: str | None = None,
-                 cfg_options: dict | None = None, dino_path: str | None = None, **overrides) -> None:
+                 cfg_options: dict | None = None, dino_path: str | None = None, sam_path: str | None = None,
+                 **overrides) -> None:
         if vfm_path is not None and dino_path is not None:
             raise ConfigError("give the VFM's weights once: vfm_path (dino_path is its old name)")
         cfg = load_config(config, cfg_options)
         keys = with_vfm_path(model_keys(cfg), vfm_path if vfm_path is not None else dino_path)
         if clip_path is not None:
             keys["clip_path"] = clip_path
+        if sam_path is not None:
+            keys.pop("sam_ckpt", None)
+            keys["sam_path"] = sam_path
         if precision is not None:
             keys["precision"] = precision
             keys.pop("vfm_precision", None)
@@ -169,7 +175,9 @@ class Segmenter:
         and optionally already prepared by :meth:`prepare`."""
         if inputs is None:
             inputs = [self.prepare(bgr) for bgr in originals]
-        predictions = self.model(inputs, [bgr.shape[:2] for bgr in originals])
+        rgbs = [cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) for bgr in originals]
+        sam_images = rgbs if self.model.sam_guide is not None else None  # SAM sees the original image
+        predictions = self.model(inputs, [bgr.shape[:2] for bgr in originals], sam_images)
         return [Segmentation(probs=p.probs.cpu().numpy(), labels=p.labels.cpu().numpy(),
-                             class_names=self.class_names, image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-                for p, bgr in zip(predictions, originals)]
+                             class_names=self.class_names, image=rgb)
+                for p, rgb in zip(predictions, rgbs)]

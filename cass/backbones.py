@@ -19,15 +19,20 @@ def url_file(url: str) -> str:
 
 @dataclass(frozen=True)
 class CLIPSpec:
-    """An OpenAI CLIP release.
+    """A CLIP release: OpenAI's, or an OpenCLIP one.
 
     Attributes:
-        open_clip_name: the open_clip architecture (QuickGELU, as OpenAI's models).
-        url: OpenAI's release, a TorchScript archive (downloaded once when no path is given).
+        open_clip_name: the open_clip architecture (QuickGELU for OpenAI's models).
+        url: the release (downloaded once when no path is given): OpenAI's
+            TorchScript archive, or OpenCLIP's state dict on the Hugging Face hub.
+        release_format: ``'openai'`` (OpenAI's archive or state dict, the
+            architecture read from its shapes) or ``'open_clip'`` (a state dict
+            of open_clip's ``CLIP`` of ``open_clip_name``, GELU).
     """
 
     open_clip_name: str
     url: str
+    release_format: str = "openai"
 
     @property
     def release_file(self) -> str:
@@ -42,6 +47,10 @@ CLIP_SPECS: dict[str, CLIPSpec] = {
                          "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt"),
     "ViT-L/14@336px": CLIPSpec("ViT-L-14-336", "https://openaipublic.azureedge.net/clip/models/"
                                "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt"),
+    # Trident's best row (OpenCLIP ViT-H/14 trained on LAION-2B), open_clip's "laion2b_s32b_b79k" tag
+    "ViT-H-14/laion2b_s32b_b79k": CLIPSpec(
+        "ViT-H-14", "https://huggingface.co/laion/CLIP-ViT-H-14-laion2B-s32B-b79K/resolve/main/"
+        "open_clip_pytorch_model.bin", release_format="open_clip"),
 }
 
 # Display names of the VFM release formats (for messages).

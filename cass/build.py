@@ -19,7 +19,7 @@ from .config import CASSConfig, ConfigError
 from .family import check_towers, requirements
 from .model import CASSModel
 from .text import Vocabulary, VocabularyError
-from .weights import build_vfm, load_clip, load_vfm
+from .weights import build_sam, build_vfm, load_clip, load_sam, load_vfm
 
 
 def vocabulary_from(classes: Sequence[str] | None = None, name_path: str | os.PathLike | None = None) -> Vocabulary:
@@ -37,7 +37,8 @@ def build_model(clip_path: str = "ViT-B/16", vfm: str = "dino_vitb8", vfm_path: 
                 vfm_overrides: dict | None = None, name_path: str | os.PathLike | None = None,
                 classes: Sequence[str] | None = None, text_cache_dir: str | bool | None = None,
                 clip_model: nn.Module | None = None, vfm_model: nn.Module | None = None,
-                dino_path: str | None = None, **settings: Any) -> CASSModel:
+                dino_path: str | None = None, sam_path: str | None = None, sam_overrides: dict | None = None,
+                sam_model: nn.Module | None = None, **settings: Any) -> CASSModel:
     """A model of the family from release weights (or given modules) and flat config keys.
 
     Only what the configuration needs is built (:func:`cass.family.requirements`):
@@ -59,6 +60,13 @@ def build_model(clip_path: str = "ViT-B/16", vfm: str = "dino_vitb8", vfm_path: 
         text_cache_dir: text-embedding cache; None the default, False none.
         clip_model, vfm_model: ready modules instead of loading weights.
         dino_path: the former name of ``vfm_path`` (still accepted).
+        sam_path: local SAM release checkpoint (``sam_vit_b_01ec64.pth``, ...,
+            of ``sam_model_type``), read where the configuration uses SAM
+            (Trident); None downloads the public one. ``sam_ckpt`` (Trident's
+            config key) is the same setting.
+        sam_overrides: segment-anything builder arguments that shrink SAM's
+            image encoder (tiny test models; :data:`cass.random_weights.TINY_SAM`).
+        sam_model: a ready ``Sam`` instead of loading weights.
         **settings: the method's settings, keys of :class:`~cass.config.CASSConfig`
             (``method='sclip'``, ``global_semantics_weight=0.3``, ``slide_crop=0``, ...).
     """
@@ -66,6 +74,11 @@ def build_model(clip_path: str = "ViT-B/16", vfm: str = "dino_vitb8", vfm_path: 
         if vfm_path is not None and vfm_path != dino_path:
             raise ConfigError("give the VFM weights once: vfm_path (dino_path is its former name)")
         vfm_path = dino_path
+    if "sam_ckpt" in settings:  # Trident's key for the same file
+        ckpt = settings.pop("sam_ckpt")
+        if sam_path is not None and ckpt is not None and sam_path != ckpt:
+            raise ConfigError("give SAM's weights once: sam_path (sam_ckpt is Trident's name for it)")
+        sam_path = sam_path if sam_path is not None else ckpt
     config = CASSConfig.from_keys(settings)
     if vfm not in VFM_SPECS:
         raise ConfigError(f"vfm must be one of {sorted(VFM_SPECS)}, got {vfm!r}")
@@ -77,4 +90,10 @@ def build_model(clip_path: str = "ViT-B/16", vfm: str = "dino_vitb8", vfm_path: 
         check_towers(config, clip, vfm_module, vfm)  # on the architecture, before its weights are read
         if vfm_model is None:
             vfm_module = load_vfm(vfm, vfm_path, vfm_module)
-    return CASSModel(clip, vfm_module, vocabulary, config, VFM_SPECS[vfm], text_cache_dir)
+    sam = None
+    if requirements(config).sam:
+        sam = sam_model
+        if sam is None:
+            kind = config.sam.sam_model_type
+            sam = load_sam(kind, sam_path, build_sam(kind, **sam_overrides) if sam_overrides else None)
+    return CASSModel(clip, vfm_module, vocabulary, config, VFM_SPECS[vfm], text_cache_dir, sam)

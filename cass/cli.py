@@ -23,6 +23,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="local weights of the config's VFM (DINO ViT-B/8: dino_vitbase8_pretrain.pth; "
                              "DINOv2, DINOv3: docs/backbones.md); default: downloaded once. "
                              "--dino-path is its old name")
+    parser.add_argument("--sam-path", default=None,
+                        help="local SAM weights where the method uses SAM (Trident: sam_vit_b_01ec64.pth); "
+                             "default: downloaded once")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,

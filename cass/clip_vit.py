@@ -92,6 +92,12 @@ def global_embedding(visual: nn.Module, tokens: Tensor) -> Tensor:
     return F.normalize(v.float(), dim=-1)
 
 
+def project_patches(visual: nn.Module, x: Tensor) -> Tensor:
+    """``proj(ln_post(x))`` of patch features, L2-normalised: (..., D) -> (..., E) float32."""
+    feats = visual.ln_post(x.to(visual.proj.dtype)) @ visual.proj
+    return F.normalize(feats.float(), dim=-1)
+
+
 def _split_heads(x: Tensor, num_heads: int) -> Tensor:
     b, n, dim = x.shape
     return x.reshape(b, n, num_heads, dim // num_heads).transpose(1, 2)

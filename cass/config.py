@@ -244,6 +244,9 @@ class MethodConfig:
                f"refine_text must be True, False or None, got {self.refine_text!r}")
         _check(not (self.residual and get_method(self.name).residual is None),
                f"method {self.name!r} has no residual variant (residual=True)")
+        _check(not (self.refine_text and get_method(self.name).merge == "features"),
+               f"method {self.name!r} merges crop features, which CASS's text refinement (per crop) cannot "
+               "refine (refine_text=True)")
         _check(self.proxy_beta >= 0, f"proxy_beta must be >= 0, got {self.proxy_beta}")
         _check(self.proxy_gamma > 0, f"proxy_gamma must be > 0, got {self.proxy_gamma}")
 
@@ -257,6 +260,62 @@ class MethodConfig:
     def refines_text(self) -> bool:
         """Whether CASS's object-presence text refinement is applied."""
         return get_method(self.name).refines_text if self.refine_text is None else self.refine_text
+
+
+SAM_MODELS = ("vit_b", "vit_l", "vit_h")
+
+
+@dataclass(frozen=True)
+class SAMConfig:
+    """SAM's two helps (Trident, Shi et al., ICCV 2025; usable with every method, ``docs/methods.md``).
+
+    Key names are those of Trident's released configs (``sam_refinement``,
+    ``cos_fac``, ...); defaults are its ``configs/base_config.py``.
+
+    Attributes:
+        sam_aggregation: mix the image's features (Trident: its spliced crop
+            features; a logit-merging method: its merged query logits) on SAM's
+            token grid with the correlation of SAM's last global block
+            (:func:`cass.trident.sam_correlation`); None: as published (the
+            method entry's ``sam_aggregation``: Trident only).
+        sam_refinement: refine the coarse prediction with SAM prompts (box,
+            top point and mask of each connected region); None: as published
+            (Trident: on, its evaluation script passes ``--sam_refine``).
+        sam_model_type: ``'vit_b'``, ``'vit_l'`` or ``'vit_h'``.
+        cos_fac: the correlation threshold's factor of the mean cosine.
+        refine_neg_cos: keep a negative threshold (False: it becomes 0.6).
+        sam_halves: SAM encodes the left and right halves of the image
+            separately (Trident's Cityscapes setting).
+        coarse_thresh: probabilities below it make no refinement region (and
+            no mask prompt).
+        minimal_area: fewest pixels of a region (at half resolution).
+        sam_mask_coff: factor of the mask prompt's probabilities.
+        sam_iou_thresh: a SAM mask replaces its region when its predicted IoU
+            is above this.
+    """
+
+    sam_aggregation: bool | None = None
+    sam_refinement: bool | None = None
+    sam_model_type: str = "vit_b"
+    cos_fac: float = 1.2
+    refine_neg_cos: bool = True
+    sam_halves: bool = False
+    coarse_thresh: float = 0.2
+    minimal_area: int = 225
+    sam_mask_coff: float = 0.005
+    sam_iou_thresh: float = 0.8
+
+    def __post_init__(self) -> None:
+        for name in ("sam_aggregation", "sam_refinement"):
+            _check(getattr(self, name) in (None, True, False),
+                   f"{name} must be True, False or None, got {getattr(self, name)!r}")
+        _check(self.sam_model_type in SAM_MODELS,
+               f"sam_model_type must be one of {SAM_MODELS}, got {self.sam_model_type!r}")
+        _check(self.cos_fac >= 0, f"cos_fac must be >= 0, got {self.cos_fac}")
+        _check(0 <= self.coarse_thresh < 1, f"coarse_thresh must lie in [0, 1), got {self.coarse_thresh}")
+        _check(self.minimal_area >= 1, f"minimal_area must be >= 1, got {self.minimal_area}")
+        _check(self.sam_mask_coff > 0, f"sam_mask_coff must be > 0, got {self.sam_mask_coff}")
+        _check(0 <= self.sam_iou_thresh <= 1, f"sam_iou_thresh must lie in [0, 1], got {self.sam_iou_thresh}")
 
 
 # config keys whose dataclass field has another name
@@ -273,6 +332,19 @@ class CASSConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    sam: SAMConfig = field(default_factory=SAMConfig)
+
+    @property
+    def sam_aggregates(self) -> bool:
+        """Whether SAM's correlation aggregates the image (the setting, else the method's published default)."""
+        published = get_method(self.method.name).sam_aggregation
+        return published if self.sam.sam_aggregation is None else self.sam.sam_aggregation
+
+    @property
+    def sam_refines(self) -> bool:
+        """Whether SAM refines the prediction (the setting, else the method's published default)."""
+        published = get_method(self.method.name).sam_refinement
+        return published if self.sam.sam_refinement is None else self.sam.sam_refinement
 
     @classmethod
     def key_table(cls) -> dict[str, tuple[str, str]]:

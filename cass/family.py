@@ -8,7 +8,9 @@ each method is one :class:`Method` in :data:`METHODS`. An entry declares
   VFM must have;
 * its last block: a ``"module:function"`` reference, imported when a model
   first uses it (:mod:`cass.last_blocks` holds the family's);
-* how crops become an image (``merge``: crop logits averaged over windows);
+* how crops become an image (``merge``: crop logits averaged over windows,
+  or crop features spliced into one grid of the image, Trident's way);
+* whether SAM helps by default (``sam_aggregation``, ``sam_refinement``);
 * its published defaults (residual and feed-forward network, text refinement);
 * its published per-benchmark settings, class-name files included
   (:func:`cfg_options`), and its published mIoU with their source.
@@ -45,8 +47,9 @@ BENCHMARKS: dict[str, str] = {
 }
 # The Resize step of every benchmark's test pipeline (configs/_base_/datasets: step 1).
 RESIZE_KEY = "test_dataloader.dataset.pipeline.1.scale"
-# How crops become an image: "logits" averages the crops' logits over the windows (every method so far).
-MERGES = ("logits",)
+# How crops become an image: "logits" averages the crops' logits over the windows; "features" splices
+# the crops' features (before CLIP's ln_post and proj) into one token grid of the image (Trident).
+MERGES = ("logits", "features")
 PROTOCOL_NAMES = ("published", "cass")
 
 
@@ -69,20 +72,28 @@ class Method:
             ``(model, crops, tokens, grid)`` -- the :class:`~cass.model.CASSModel`,
             (B, 3, Hc, Wc) crops, (B, 1 + N, D) CLIP tokens entering the last
             block, CLIP's patch grid -- and returns (B, M, E) L2-normalised
-            float32 patch features and their grid.
+            float32 patch features and their grid. With ``merge='features'``
+            the crops are all the windows of one image and it returns their
+            (K, C, h, w) features before ``ln_post`` and ``proj`` and the
+            factor ``ratio`` between their grid and CLIP's
+            (:func:`cass.trident.splice_crops`).
         needs_vfm: whether a configuration (:class:`~cass.config.CASSConfig`)
             of this method uses a VFM.
         pairs_heads: the VFM's last block must have as many heads as CLIP's.
         vfm_positions: ``"any"``, or ``"absolute"`` when the VFM must have an
             absolute positional embedding (no RoPE).
         merge: how crops become an image (:data:`MERGES`).
+        sam_aggregation: SAM's correlation aggregates the image by default.
+        sam_refinement: SAM refines the prediction by default.
         residual: the published last block keeps the residual and the
             feed-forward network; None: the method has no such variant.
         refines_text: CASS's object-presence text refinement is on by default.
         protocol: per benchmark config, the published run's settings as model
             keys, plus ``short_side`` (the test resize) and ``class_file``
             (a class-name file under ``configs/``) where they differ from CASS's.
-        published: per benchmark config, the published mIoU (None: not found).
+        published: per benchmark config, the published mIoU (None: not found),
+            with CLIP ViT-B/16.
+        published_with: other CLIP backbones' published rows (``clip_path`` -> row).
         source: where ``published`` comes from.
     """
 
@@ -93,10 +104,13 @@ class Method:
     pairs_heads: bool = False
     vfm_positions: str = "any"
     merge: str = "logits"
+    sam_aggregation: bool = False
+    sam_refinement: bool = False
     residual: bool | None = None
     refines_text: bool = False
     protocol: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     published: Mapping[str, float | None] = field(default_factory=dict)
+    published_with: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
     source: str = "not published"
 
     def __post_init__(self) -> None:
@@ -104,7 +118,8 @@ class Method:
             raise ValueError(f"method {self.name!r}: merge must be one of {MERGES}, got {self.merge!r}")
         if self.vfm_positions not in ("any", "absolute"):
             raise ValueError(f"method {self.name!r}: vfm_positions must be 'any' or 'absolute'")
-        unknown = (set(self.protocol) | set(self.published)) - set(BENCHMARKS)
+        unknown = (set(self.protocol) | set(self.published)
+                   | {b for row in self.published_with.values() for b in row}) - set(BENCHMARKS)
         if unknown:
             raise ValueError(f"method {self.name!r}: unknown benchmarks {sorted(unknown)}")
 
@@ -227,6 +242,27 @@ register_method(Method(
                     _class_files("proxyclip")),
     published=_row(None, None, None, None, None, None, None, None),
     source="not found per benchmark (two sources disagree; CASS's Table 1 gives the average, 41.4)"))
+register_method(Method(
+    name="trident", title="Trident (Shi et al., ICCV 2025)", last_block="cass.last_blocks:trident_features",
+    needs_vfm=_always, vfm_positions="absolute", merge="features", sam_aggregation=True, sam_refinement=True,
+    # YuHengsss/Trident configs: 336 windows, stride 224 (112 VOC20), ProxyCLIP's beta 1.2 and gamma 3.0 over
+    # DINO ViT-B/16, SAM vit_b, predicted-IoU threshold 0.8; ProxyCLIP's VOC and COCO-Object class files
+    protocol=_merge(_table(dict(slide_crop=336, slide_stride=224, logit_scale=40, prob_thd=0.0, area_thd=0.0,
+                                proxy_beta=1.2, proxy_gamma=3.0, vfm="dino_vitb16", sam_model_type="vit_b",
+                                cos_fac=1.2, refine_neg_cos=True, sam_halves=False, coarse_thresh=0.2,
+                                minimal_area=225, sam_mask_coff=0.005, sam_iou_thresh=0.8, short_side=448),
+                           voc21=dict(prob_thd=0.2), context60=dict(prob_thd=0.15, coarse_thresh=0.15, short_side=576),
+                           coco_object=dict(prob_thd=0.25, coarse_thresh=0.25),
+                           voc20=dict(slide_stride=112, cos_fac=0.0, short_side=336),
+                           context59=dict(coarse_thresh=0.15, short_side=576), coco_stuff164k=dict(coarse_thresh=0.05),
+                           city_scapes=dict(cos_fac=3.0, refine_neg_cos=False, coarse_thresh=0.1, sam_halves=True,
+                                            short_side=688),
+                           ade20k=dict(refine_neg_cos=False, coarse_thresh=0.05, short_side=576)),
+                    {b: dict(class_file=f"proxyclip/cls_{b}.txt") for b in _OWN_CLASS_FILES}),
+    published=_row(67.1, 38.6, 41.1, 84.5, 42.2, 28.3, 42.9, 21.9),
+    published_with={"ViT-H-14/laion2b_s32b_b79k": _row(70.8, 40.1, 42.2, 88.7, 44.3, 28.6, 47.6, 26.7)},
+    source="Trident paper (Shi et al., ICCV 2025), Table 1 (YuHengsss/Trident assets/data_result.png), "
+           "with SAM refinement"))
 
 
 # ------------------------------------------------------------------ protocols
@@ -266,11 +302,13 @@ class Requirements:
         vfm: a VFM is used.
         paired_heads: the VFM's last block must have as many heads as CLIP's.
         vfm_positions: ``"any"`` or ``"absolute"`` (no rotary embedding).
+        sam: SAM is used (aggregation or refinement).
     """
 
     vfm: bool
     paired_heads: bool
     vfm_positions: str
+    sam: bool = False
 
 
 def requirements(config: Any) -> Requirements:
@@ -279,7 +317,8 @@ def requirements(config: Any) -> Requirements:
     method = get_method(config.method.name)
     vfm = bool(method.needs_vfm(config))
     return Requirements(vfm=vfm, paired_heads=vfm and method.pairs_heads,
-                        vfm_positions=method.vfm_positions if vfm else "any")
+                        vfm_positions=method.vfm_positions if vfm else "any",
+                        sam=config.sam_aggregates or config.sam_refines)
 
 
 def check_towers(config: Any, clip: Any, vfm: Any | None, vfm_name: str | None = None) -> None:

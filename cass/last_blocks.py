@@ -26,7 +26,7 @@ from dataclasses import replace
 
 from torch import Tensor
 
-from . import clip_vit, methods, spectral
+from . import clip_vit, methods, spectral, trident
 from .dino_input import plain_dino_images, reference_dino_images
 from .stages import stage
 from .vfm_keys import keys_on_clip_grid, last_block_keys
@@ -152,3 +152,34 @@ def proxyclip_features(model, crops: Tensor, tokens: Tensor, grid: Grid) -> tupl
     with stage("clip"), model.tf32("clip"):
         values = methods.values_on_grid(v[:, :, 1:], grid, vfm_grid)
         return methods.last_block_features(visual, methods.attend(attn, values), None, 0), vfm_grid
+
+
+# ------------------------------------------------------------------ Trident
+def trident_features(model, crops: Tensor, tokens: Tensor, grid: Grid) -> tuple[Tensor, int]:
+    """Trident: ProxyCLIP's block over the VFM with one mean for all the windows of an image.
+
+    ``crops`` are all the windows of one image. CLIP's values are resized to
+    the VFM's grid and mixed by :func:`cass.trident.crops_proxy_attention`;
+    the out-projection follows, no residual, no feed-forward network, and
+    neither ``ln_post`` nor ``proj``: the model splices these features into the
+    image's grid first (``merge='features'``).
+
+    Returns:
+        (K, D, h, w) features on an integer multiple ``ratio`` of CLIP's grid
+        (:func:`cass.trident.crop_grid_scale`), and ``ratio``.
+    """
+    visual = model.clip.visual
+    cfg = model.config.method
+    block = visual.transformer.resblocks[-1]
+    with stage("clip"), model.tf32("clip"):
+        _, _, v = methods.block_qkv(block, tokens)
+    with stage("dino"), model.tf32("vfm"):
+        images = plain_dino_images(crops, replace(model.vfm_spec, fixed_size=None))  # the crop as it is
+        vfm_feats, vfm_grid = methods.vfm_last_features(model.vfm, images)
+    with stage("spectral"):
+        attn = trident.crops_proxy_attention(vfm_feats[None], cfg.proxy_beta, cfg.proxy_gamma)[0]
+    with stage("clip"), model.tf32("clip"):
+        values = methods.values_on_grid(v[:, :, 1:], grid, vfm_grid)
+        x = block.attn.out_proj(methods.attend(attn[:, None], values).transpose(1, 2).flatten(2))  # (K, M, D)
+        x = x.transpose(1, 2).reshape(len(crops), -1, *vfm_grid)
+        return trident.crop_grid_scale(x, grid)

@@ -18,14 +18,17 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.model import convert_weights_to_lp
 from torch import Tensor, nn
 
-from . import clip_vit, methods, text
+from . import clip_vit, methods, text, trident
 from .backbones import VFM_SPECS, VFMSpec
-from .config import CASSConfig
+from .config import CASSConfig, ConfigError
+from .constants import CLIP_MEAN, CLIP_STD
 from .family import check_towers, get_method, requirements
 from .pamr import pamr_within_memory
 from .stages import stage
@@ -113,21 +116,33 @@ class CASSModel(nn.Module):
         vfm_spec: what the VFM is (patch size, prefix tokens, fixed input size).
         text_cache_dir: on-disk cache of text embeddings; None: the default
             (``$CASS_CACHE_DIR/text``), False: no cache.
+        sam: segment-anything ``Sam`` where the configuration uses SAM
+            (``sam_aggregation``, ``sam_refinement``: Trident's default, an
+            option of every method); it stays float32 on every device.
     """
 
     def __init__(self, clip: nn.Module, vfm: nn.Module | None, vocabulary: Vocabulary,
                  config: CASSConfig | None = None, vfm_spec: VFMSpec = VFM_SPECS["dino_vitb8"],
-                 text_cache_dir: str | bool | None = None) -> None:
+                 text_cache_dir: str | bool | None = None, sam: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else CASSConfig()
         self.vfm_spec = vfm_spec
         self.text_cache_dir = text_cache_dir
         self.clip = clip.eval()
         self.method = get_method(self.config.method.name)
+        self.merge = self.method.merge  # how crops become an image (cass.family.MERGES)
         if not requirements(self.config).vfm:
             vfm = None  # never looked at: not kept, not moved, not cast
         check_towers(self.config, clip, vfm)
         self.vfm = vfm.eval() if vfm is not None else None
+        self.sam_guide = None
+        if requirements(self.config).sam:
+            if sam is None:
+                raise ConfigError(f"method {self.method.name!r} with sam_aggregation={self.config.sam_aggregates} "
+                                  f"and sam_refinement={self.config.sam_refines} needs SAM (sam is None)")
+            from .sam_guide import SAMGuide  # segment-anything is needed only here
+
+            self.sam_guide = SAMGuide(sam, self.config.sam)
         self._last_block = self.method.block()
         self._text: tuple[Tensor, Tensor, int] | None = None
         self.set_vocabulary(vocabulary)
@@ -319,22 +334,23 @@ class CASSModel(nn.Module):
     def query_logits(self, images: Sequence[Tensor]) -> list[Tensor]:
         """Sliding-window (or whole-image) query logits for each image.
 
-        Crops become an image as the method's entry says (``merge='logits'``,
-        the only way so far: the crops' logits averaged over the windows). All crops of all images go through the towers in batches of equal-size
-        crops; the whole-image embedding ``v`` is computed once per image.
+        Crops become an image as the method's entry says: ``merge='logits'``
+        averages the crops' logits over the windows (all crops of all images
+        go through the towers in batches of equal-size crops; the whole-image
+        embedding ``v`` is computed once per image); ``merge='features'``
+        splices each image's crop features (:meth:`spliced_features`) and
+        returns logits on that grid, without SAM's aggregation (see :meth:`forward`).
 
         Args:
             images: (3, H_i, W_i) CLIP-normalised resized images.
 
         Returns:
-            (Q, H_i, W_i) float32 logits per image.
+            (Q, H_i, W_i) float32 logits per image (merge='features': on the
+            spliced token grid).
         """
-        for img in images:
-            if img.dim() != 3 or img.shape[0] != 3:
-                raise ValueError(f"expected (3, H, W) images, got shape {tuple(img.shape)}")
-            if min(img.shape[-2:]) < self.patch_size:
-                raise ValueError(f"image of {tuple(img.shape[-2:])} px after resizing is smaller than one "
-                                 f"CLIP patch ({self.patch_size} px); it is too thin to segment")
+        self._check_inputs(images)
+        if self.merge == "features":
+            return [self.features_logits(self.spliced_features(img)) for img in images]
         window = self.config.window
         boxes = [image_boxes(*img.shape[-2:], self.config) for img in images]
         embeddings: list[Tensor | None] = [None] * len(images)
@@ -364,6 +380,65 @@ class CASSModel(nn.Module):
                         counts[i][:, y1:y2, x1:x2] += 1
         with stage("post"):
             return [s / c for s, c in zip(sums, counts)]
+
+    def _check_inputs(self, images: Sequence[Tensor]) -> None:
+        for img in images:
+            if img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"expected (3, H, W) images, got shape {tuple(img.shape)}")
+            if min(img.shape[-2:]) < self.patch_size:
+                raise ValueError(f"image of {tuple(img.shape[-2:])} px after resizing is smaller than one "
+                                 f"CLIP patch ({self.patch_size} px); it is too thin to segment")
+
+    @torch.no_grad()
+    def spliced_features(self, image: Tensor) -> Tensor:
+        """``merge='features'`` (Trident): one image's window features spliced into one grid.
+
+        The image is resized as Trident's ``preprocess_image``
+        (:func:`cass.trident.preprocess_size`: sides to multiples of CLIP's
+        patch, at least ``slide_crop``), cut into its windows
+        (:func:`cass.trident.sliding_windows`; one window with
+        ``slide_crop=0``), all of which go through CLIP's trunk and the
+        method's last block together; their features are spliced, overlaps
+        averaged (:func:`cass.trident.splice_crops`).
+
+        Args:
+            image: (3, H, W) CLIP-normalised resized image.
+
+        Returns:
+            (D, h, w) features before ``ln_post`` and ``proj``.
+        """
+        patch, window = self.patch_size, self.config.window
+        crop = 0 if window.whole_image else window.slide_crop
+        with stage("post"):
+            size = trident.preprocess_size(*image.shape[-2:], patch, crop)
+            if size != tuple(image.shape[-2:]):
+                image = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+            if window.whole_image:
+                windows = torch.tensor([[0, 0, size[0] // patch, size[1] // patch]])
+            else:
+                windows, _ = trident.sliding_windows(*size, crop, window.slide_stride, patch)
+            crops = torch.stack([image[:, y1 * patch:y2 * patch, x1 * patch:x2 * patch]
+                                 for y1, x1, y2, x2 in windows.tolist()])
+        with stage("clip"), self.tf32("clip"):
+            tokens = [clip_vit.clip_trunk(self.clip.visual, chunk)
+                      for chunk in crops.split(window.crop_batch_size)]
+            grid = tokens[0][1]
+            tokens = torch.cat([t for t, _ in tokens])
+        feats, ratio = self.patch_features(crops, tokens, grid)
+        with stage("post"):
+            return trident.splice_crops(feats[None], windows, (size[0] // patch, size[1] // patch), ratio)[0]
+
+    @torch.no_grad()
+    def features_logits(self, feats: Tensor) -> Tensor:
+        """(D, h, w) image features before the head -> (Q, h, w) query logits.
+
+        ``proj(ln_post(x))``, L2-normalised, dotted with the query embeddings.
+        """
+        text_feats = self.text_state()[0]
+        with stage("clip"), self.tf32("clip"):
+            projected = clip_vit.project_patches(self.clip.visual, feats.flatten(1).T)  # (h w, E)
+        with stage("text"):
+            return (projected @ text_feats.T).T.reshape(-1, *feats.shape[-2:])
 
     def postprocess(self, logits: Tensor, image: Tensor, out_size: tuple[int, int]) -> Prediction:
         """Query logits -> class probabilities and label map at ``out_size``.
@@ -404,8 +479,8 @@ class CASSModel(nn.Module):
             return Prediction(probs, labels)
 
     @torch.no_grad()
-    def forward(self, images: Tensor | Sequence[Tensor],
-                out_sizes: Sequence[tuple[int, int]] | None = None) -> list[Prediction]:
+    def forward(self, images: Tensor | Sequence[Tensor], out_sizes: Sequence[tuple[int, int]] | None = None,
+                sam_images: Sequence[np.ndarray] | None = None) -> list[Prediction]:
         """Segment a batch of images.
 
         Args:
@@ -413,9 +488,15 @@ class CASSModel(nn.Module):
                 images, already resized (see :mod:`cass.images`).
             out_sizes: output size of each image (its original size);
                 default: the input size.
+            sam_images: where SAM is used, each original image as SAM sees it
+                in the released Trident, (H_i, W_i, 3) uint8 RGB at its output
+                size; None: the model input resized back to the output size
+                (an approximation of the original).
 
         Returns:
-            one :class:`Prediction` per image.
+            one :class:`Prediction` per image. With SAM refinement its
+            ``probs`` are the refinement's scores, as released
+            (:meth:`cass.sam_guide.SAMGuide.refine`).
         """
         images = list(images)
         if out_sizes is None:
@@ -423,8 +504,42 @@ class CASSModel(nn.Module):
         if len(out_sizes) != len(images):
             raise ValueError(f"{len(images)} images but {len(out_sizes)} output sizes")
         images = [img.to(self.device) for img in images]
-        return [self.postprocess(logits, img, tuple(size))
-                for img, size, logits in zip(images, out_sizes, self.query_logits(images))]
+        if self.sam_guide is None:
+            return [self.postprocess(logits, img, tuple(size))
+                    for img, size, logits in zip(images, out_sizes, self.query_logits(images))]
+        if sam_images is None:
+            sam_images = [rgb_uint8(img, tuple(size)) for img, size in zip(images, out_sizes)]
+        if len(sam_images) != len(images):
+            raise ValueError(f"{len(images)} images but {len(sam_images)} SAM images")
+        for rgb, size in zip(sam_images, out_sizes):
+            if tuple(rgb.shape[:2]) != tuple(size):
+                raise ValueError(f"SAM image of {tuple(rgb.shape[:2])} px for an output of {tuple(size)} px: "
+                                 "pass each original image at its output size")
+        self._check_inputs(images)
+        merged = self.query_logits(images) if self.merge == "logits" else [None] * len(images)
+        predictions = []
+        for img, size, rgb, logits in zip(images, out_sizes, sam_images, merged):
+            view = self.sam_guide.set_image(rgb, self.patch_size, correlation=self.config.sam_aggregates)
+            if logits is None:
+                feats = self.spliced_features(img)
+                logits = self.features_logits(feats if view is None else self.sam_guide.aggregate(feats, view))
+            elif view is not None:
+                logits = self.sam_guide.aggregate(logits, view)
+            prediction = self.postprocess(logits, img, tuple(size))
+            if self.config.sam_refines:
+                prediction = Prediction(*self.sam_guide.refine(prediction.probs, prediction.labels))
+            predictions.append(prediction)
+        return predictions
+
+
+def rgb_uint8(image: Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(3, h, w) CLIP-normalised image -> (H, W, 3) uint8 RGB at ``size`` (bilinear, ``cv2.resize``)."""
+    mean = image.new_tensor(CLIP_MEAN)[:, None, None]
+    std = image.new_tensor(CLIP_STD)[:, None, None]
+    rgb = (image.float() * std + mean).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+    if rgb.shape[:2] != tuple(size):
+        rgb = cv2.resize(rgb, (size[1], size[0]))
+    return rgb
 
 
 def _chunks(items: list, size: int) -> list[list]:

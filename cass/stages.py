@@ -23,6 +23,9 @@ STAGES = {
     "spectral": "spectral matching and fusion, attention",
     "text": "text refinement and class logits",
     "post": "upsampling, window averaging, post-processing",
+    "sam": "SAM image encoder",
+    "aggregate": "SAM correlation and aggregation",
+    "refine": "SAM refinement (prompts, masks)",
 }
 
 

@@ -1,12 +1,13 @@
 """Table of reproduced vs published mIoU from ``eval.py``'s ``metrics.json`` files.
 
-    python -m cass.summary work_dirs/ [--method sclip] [--markdown work_dirs/summary.md] [--csv work_dirs/summary.csv]
+    python -m cass.summary work_dirs/ [--method sclip] [--clip ViT-H-14/laion2b_s32b_b79k] [--markdown work_dirs/summary.md] [--csv work_dirs/summary.csv]
     python cass/summary.py work_dirs/   # the same without importing torch (standard library only)
 
 Reads ``<root>/*/metrics.json`` (one folder per benchmark, as ``eval_all.sh``
 writes them) and prints a Markdown table in the paper's column order: each
 benchmark's mIoU, the published one of ``--method`` (default CASS), and the
-difference. Benchmarks without results show as missing; the average row needs
+difference; ``--clip`` picks the published row of another CLIP backbone
+(Trident's ViT-H/14). Benchmarks without results show as missing; the average row needs
 all eight. A benchmark whose published number was not found shows none and
 keeps the average empty.
 """
@@ -45,13 +46,22 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def rows(reports: dict[str, dict], method: str = "cass") -> list[dict]:
-    """One row per paper benchmark (then any other reported config), and the
-    average; ``paper`` is ``method``'s published mIoU."""
+def published_row(method: str, clip: str | None = None) -> dict[str, float | None]:
+    """``method``'s published mIoU with CLIP ``clip`` (None or ``'ViT-B/16'``: the main row); empty
+    where that CLIP's row was not published."""
     try:
-        published = get_method(method).published
+        entry = get_method(method)
     except KeyError as err:
         raise ValueError(err.args[0]) from None
+    if clip in (None, "ViT-B/16"):
+        return dict(entry.published)
+    return dict(entry.published_with.get(clip, {}))
+
+
+def rows(reports: dict[str, dict], method: str = "cass", clip: str | None = None) -> list[dict]:
+    """One row per paper benchmark (then any other reported config), and the
+    average; ``paper`` is ``method``'s published mIoU (with ``clip``, :func:`published_row`)."""
+    published = published_row(method, clip)
     table = []
     for config, name in BENCHMARKS.items():
         miou = reports.get(config, {}).get("mIoU")
@@ -71,14 +81,16 @@ def _fmt(value: float | None, signed: bool = False) -> str:
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
-def to_markdown(table: list[dict], method: str = "cass") -> str:
+def to_markdown(table: list[dict], method: str = "cass", clip: str | None = None) -> str:
     lines = [f"| benchmark | config | mIoU | paper | diff |" if method == "cass" else
              f"| benchmark | config | mIoU ({method}) | paper ({method}) | diff |", "|---|---|---:|---:|---:|"]
     for r in table:
         miou = _fmt(r["mIoU"]) or "missing"
         paper = _fmt(r["paper"]) or ("not found" if r["config"] in BENCHMARKS or r["benchmark"] == "average" else "")
         lines.append(f"| {r['benchmark']} | {r['config']} | {miou} | {paper} | {_fmt(r['diff'], True)} |")
-    lines += ["", f"Published mIoU ({method}): {get_method(method).source}; how it was checked: docs/methods.md."]
+    backbone = f", CLIP {clip}" if clip else ""
+    lines += ["", f"Published mIoU ({method}{backbone}): {get_method(method).source}; "
+                  "how it was checked: docs/methods.md."]
     return "\n".join(lines) + "\n"
 
 
@@ -97,14 +109,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("root", type=Path, help="folder holding one work dir per benchmark (<name>/metrics.json)")
     parser.add_argument("--method", choices=tuple(METHODS), default="cass",
                         help="whose published numbers to compare with (default: cass)")
+    parser.add_argument("--clip", default=None,
+                        help="the CLIP backbone of the run, for its published row (default: ViT-B/16)")
     parser.add_argument("--markdown", type=Path, help="also write the Markdown table here")
     parser.add_argument("--csv", type=Path, help="also write the table as CSV here")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         print(f"summary: not a folder: {args.root}", file=sys.stderr)
         return 1
-    table = rows(collect(args.root), args.method)
-    markdown = to_markdown(table, args.method)
+    table = rows(collect(args.root), args.method, args.clip)
+    markdown = to_markdown(table, args.method, args.clip)
     print(markdown, end="")
     if args.markdown is not None:
         args.markdown.write_text(markdown)

@@ -288,6 +288,7 @@ class Options:
 
     Attributes:
         config: a benchmark config for the model settings; None: ADE20K's.
+        sam_path: local SAM weights for the methods that use SAM (Trident); None: the public file.
         clip_path, vfm_path: local weights of the config's CLIP and VFM; None:
             the public releases, downloaded once.
         device, precision: where and how the models run (:class:`~cass.api.Segmenter`).
@@ -300,6 +301,7 @@ class Options:
     config: str | None = None
     clip_path: str | None = None
     vfm_path: str | None = None
+    sam_path: str | None = None
     device: str = "cpu"
     precision: str | None = None
     cfg_options: dict[str, Any] = field(default_factory=dict)
@@ -422,8 +424,8 @@ class Engine:
             cfg_options["model.vfm"] = vfm
             vfm_path = self.vfms[vfm].path
         return Segmenter(self.options.config, classes=classes, clip_path=self.clips[clip].path or clip,
-                         vfm_path=vfm_path, device=self.options.device, precision=self.options.precision,
-                         cfg_options=cfg_options)
+                         vfm_path=vfm_path, sam_path=self.options.sam_path, device=self.options.device,
+                         precision=self.options.precision, cfg_options=cfg_options)
 
     def run(self, request: Request, progress: Progress = _no_progress) -> Outcome:
         """Segment one image. Raises one of :data:`USER_ERRORS` with a one-line message for bad input."""

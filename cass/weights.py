@@ -119,13 +119,48 @@ def clip_from_state_dict(state_dict: dict, source: str = "state dict") -> nn.Mod
 
 
 def load_clip(clip_path: str) -> nn.Module:
-    """CLIP from a public name (``'ViT-B/16'``, ``'ViT-L/14'``, ``'ViT-L/14@336px'``:
-    OpenAI's weights, cached) or a local OpenAI archive / state dict."""
+    """CLIP from a public name (``'ViT-B/16'``, ``'ViT-L/14'``, ``'ViT-L/14@336px'``: OpenAI's
+    weights; ``'ViT-H-14/laion2b_s32b_b79k'``: OpenCLIP's; cached) or a local release file
+    (OpenAI's archive or state dict, or an OpenCLIP state dict of an architecture of :data:`CLIP_SPECS`)."""
     if clip_path in CLIP_SPECS and not Path(clip_path).is_file():
         file = _fetch_public(CLIP_SPECS[clip_path].url, "clip_path (--clip-path)")
     else:
         file = _local_file(clip_path, "CLIP")
-    return clip_from_state_dict(read_clip_state_dict(file), str(file))
+    state_dict = read_clip_state_dict(file)
+    arch = open_clip_arch(state_dict)
+    if arch is not None:
+        return open_clip_from_state_dict(state_dict, arch, str(file))
+    return clip_from_state_dict(state_dict, str(file))
+
+
+def open_clip_arch(state_dict: dict) -> str | None:
+    """The open_clip architecture of an OpenCLIP release (:data:`CLIP_SPECS` with
+    ``release_format='open_clip'``) whose vision tower has these shapes; None: OpenAI's layout.
+
+    OpenCLIP's and OpenAI's state dicts share key names; the vision width,
+    patch size and depth tell the releases apart (OpenAI has no model of an
+    OpenCLIP release's shape).
+    """
+    conv = state_dict.get("visual.conv1.weight")
+    if conv is None:
+        return None
+    layers = len({k.split(".")[3] for k in state_dict if k.startswith("visual.transformer.resblocks.")})
+    for spec in CLIP_SPECS.values():
+        if spec.release_format != "open_clip":
+            continue
+        vision = open_clip.get_model_config(spec.open_clip_name)["vision_cfg"]
+        if (vision["width"], vision["patch_size"], vision["layers"]) == (conv.shape[0], conv.shape[-1], layers):
+            return spec.open_clip_name
+    return None
+
+
+def open_clip_from_state_dict(state_dict: dict, arch: str, source: str = "state dict") -> nn.Module:
+    """open_clip's ``CLIP`` of ``arch`` (an OpenCLIP release's architecture) with these weights, strictly;
+    float32, eval."""
+    model = open_clip.create_model(arch, pretrained=None)
+    _mismatch(Path(source), model, state_dict)
+    model.load_state_dict(state_dict, strict=True)
+    return model.float().eval()
 
 
 def clip_heads(arch: str) -> int:

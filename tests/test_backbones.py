@@ -78,20 +78,29 @@ def test_spec_matches_the_full_size_timm_model(vfm):
 def test_every_vfm_has_one_release_and_clip_heads_pair():
     for vfm in VFMS:
         assert (vfm in PUBLIC_VFMS) != (vfm in GATED_VFMS)
-    assert CLIPS == ["ViT-B/16", "ViT-L/14", "ViT-L/14@336px"]
-    assert {arch: weights.clip_heads(arch) for arch in CLIPS} == {"ViT-B/16": 12, "ViT-L/14": 16, "ViT-L/14@336px": 16}
+    assert CLIPS == ["ViT-B/16", "ViT-H-14/laion2b_s32b_b79k", "ViT-L/14", "ViT-L/14@336px"]
+    assert {arch: weights.clip_heads(arch) for arch in CLIPS} == {"ViT-B/16": 12, "ViT-L/14": 16, "ViT-L/14@336px": 16,
+                                                                  "ViT-H-14/laion2b_s32b_b79k": 16}
     pairs = weights.head_pairings()
     assert pairs["ViT-B/16"] == ["dino_vitb8", "dino_vitb16", "dinov2_vitb14", "dinov2_vitb14_reg4", "dinov3_vitb16"]
-    assert pairs["ViT-L/14"] == pairs["ViT-L/14@336px"] == ["dinov2_vitl14", "dinov2_vitl14_reg4", "dinov3_vitl16"]
+    assert pairs["ViT-L/14"] == pairs["ViT-L/14@336px"] == pairs["ViT-H-14/laion2b_s32b_b79k"] == [
+        "dinov2_vitl14", "dinov2_vitl14_reg4", "dinov3_vitl16"]
 
 
 def test_release_files_and_urls_come_from_the_table():
     assert {arch: (spec.open_clip_name, spec.release_file) for arch, spec in CLIP_SPECS.items()} == {
         "ViT-B/16": ("ViT-B-16", "ViT-B-16.pt"), "ViT-L/14": ("ViT-L-14", "ViT-L-14.pt"),
-        "ViT-L/14@336px": ("ViT-L-14-336", "ViT-L-14-336px.pt")}
+        "ViT-L/14@336px": ("ViT-L-14-336", "ViT-L-14-336px.pt"),
+        "ViT-H-14/laion2b_s32b_b79k": ("ViT-H-14", "open_clip_pytorch_model.bin")}
     for spec in CLIP_SPECS.values():
-        assert spec.url.startswith("https://openaipublic.azureedge.net/clip/models/")
+        host = ("https://openaipublic.azureedge.net/clip/models/" if spec.release_format == "openai" else
+                "https://huggingface.co/laion/CLIP-ViT-H-14-laion2B-s32B-b79K/")
+        assert spec.url.startswith(host)
         assert open_clip.get_model_config(spec.open_clip_name) is not None
+    # open_clip's own record of the release Trident uses
+    from open_clip.pretrained import get_pretrained_cfg
+    hub = get_pretrained_cfg("ViT-H-14", "laion2b_s32b_b79k")["hf_hub"]
+    assert CLIP_SPECS["ViT-H-14/laion2b_s32b_b79k"].url.startswith(f"https://huggingface.co/{hub}")
     assert VFM_SPECS["dino_vitb8"].release_file == "dino_vitbase8_pretrain.pth"
     assert VFM_SPECS["dinov2_vitl14_reg4"].url == (
         "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_reg4_pretrain.pth")
@@ -251,6 +260,31 @@ def test_dinov3_keys_before_rope_on_request():
     dino = random_weights.random_dino(tiny=True, vfm="dino_vitb16")
     assert torch.equal(vfm_keys.last_block_keys(dino, images, rotary=False)[0],
                        vfm_keys.last_block_keys(dino, images)[0])
+
+
+def test_open_clip_release_loads_with_its_own_activation(tmp_path, monkeypatch):
+    """An OpenCLIP state dict (ViT-H/14's format) is recognised by its shapes and built by open_clip with
+    GELU (OpenAI's QuickGELU would change every feature); a tiny architecture stands in for ViT-H/14."""
+    from open_clip import factory
+
+    from cass.backbones import CLIPSpec
+    config = {"embed_dim": 32, "vision_cfg": {"image_size": 224, "layers": 2, "width": 96, "head_width": 48,
+                                              "patch_size": 14},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+    monkeypatch.setitem(factory._MODEL_CONFIGS, "tiny-openclip-test", config)
+    monkeypatch.setitem(CLIP_SPECS, "tiny/test", CLIPSpec("tiny-openclip-test", "https://example.org/tiny.bin",
+                                                          release_format="open_clip"))
+    torch.manual_seed(0)
+    release = open_clip.create_model("tiny-openclip-test", pretrained=None).eval()
+    torch.save(release.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
+    loaded = weights.load_clip(str(tmp_path / "open_clip_pytorch_model.bin"))
+    assert isinstance(loaded.visual.transformer.resblocks[0].mlp.gelu, torch.nn.GELU)
+    images = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(loaded.encode_image(images), release.encode_image(images))
+    tokens, _ = clip_vit.clip_trunk(loaded.visual, images)
+    torch.testing.assert_close(clip_vit.global_embedding(loaded.visual, tokens),
+                               F.normalize(release.encode_image(images), dim=-1), atol=1e-5, rtol=1e-5)
+    assert weights.open_clip_arch(random_weights.random_clip(tiny=True).state_dict()) is None  # OpenAI's layout
 
 
 # ----------------------------------------------------------------------------- end to end

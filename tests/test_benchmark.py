@@ -110,14 +110,15 @@ def test_stages_are_observed_without_patching(build):
 
     with stages.observe_stages(Recorder()):
         model([image])
-    assert set(seen) == set(stages.STAGES)
+    sam_stages = {"sam", "aggregate", "refine"}  # SAM's: tests/test_trident_method.py
+    assert set(seen) == set(stages.STAGES) - sam_stages
     seen.clear()
     model([image])  # no observer any more
     assert seen == []
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         model([image])
     names = {event.key for event in prof.key_averages()}
-    assert {f"cass.{name}" for name in stages.STAGES} <= names
+    assert {f"cass.{name}" for name in set(stages.STAGES) - sam_stages} <= names
 
 
 def slide_grids(side, crop=224, stride=112):

@@ -23,6 +23,7 @@ from cass import summary
 from cass.config_files import VFM_PATH_KEYS
 from cass.family import CONFIGS_DIR, METHODS, cfg_options, get_method
 from cass.mmseg.evaluation import SegResultWriter, colourise
+from cass.random_weights import TINY_SAM, write_sam
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_OPTIONS = [f"model.vfm_overrides.{key}={value}" for key, value in TINY_VFM.items()]
@@ -376,18 +377,22 @@ def method_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("method_runs")
     data = voc_layout(tmp / "VOC2012", names=["2007_000032"], labels=[block_label([0, 15, 8])])
     clip, dino = write_clip_state_dict(tmp / "clip.pt"), write_dino_checkpoint(tmp / "dino.pth")
+    sam = write_sam(tmp / "sam_vit_b_01ec64.pth", tiny=True)
+    # Trident: a tiny SAM, and the tiny DINO ViT-B/8 file in place of its DINO ViT-B/16
+    trident = [f"model.sam_path={sam}", "model.vfm=dino_vitb8",
+               *[f"model.sam_overrides.{key}={value}".replace(" ", "") for key, value in TINY_SAM["vit_b"].items()]]
     runs = []
-    for method in BASELINES:
-        options = cfg_options(method, "cfg_voc21")
+    for method in (*BASELINES, "trident"):
+        options = cfg_options(method, "cfg_voc21") + (trident if method == "trident" else [])
         runs.append(["--config", "configs/cfg_voc21.py", "--data-root", data, "--clip-path", clip, "--vfm-path", dino,
                      "--work-dir", tmp / method, "--save-preds", tmp / method / "preds",
                      "--cfg-options", *options, *TINY_OPTIONS, "model.text_cache_dir=False",
                      "test_dataloader.num_workers=0"])
     results = run_eval_parallel(runs, tmp, timeout=600)
-    return dict(tmp=tmp, data=data, results=dict(zip(BASELINES, results)))
+    return dict(tmp=tmp, data=data, results=dict(zip((*BASELINES, "trident"), results)))
 
 
-@pytest.mark.parametrize("method", BASELINES)
+@pytest.mark.parametrize("method", (*BASELINES, "trident"))
 def test_eval_runs_every_method(method, method_runs):
     tmp, data, result = method_runs["tmp"], method_runs["data"], method_runs["results"][method]
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -406,3 +411,19 @@ def test_eval_runs_every_method(method, method_runs):
     expected, _ = numpy_metrics([label], [pred], 21)
     report = json.loads((tmp / method / "metrics.json").read_text())
     assert report["images"] == 1 and report["mIoU"] == pytest.approx(expected["mIoU"], abs=0.006)
+
+
+def test_eval_all_runs_trident_with_another_clip_and_its_published_row(eval_all, tmp_path):
+    result, calls = eval_all("--method", "trident", "--clip", "ViT-H-14/laion2b_s32b_b79k", GPUS="0")
+    assert result.returncode == 0, result.stderr
+    city = next(c for c in calls if c.startswith("cfg_city_scapes "))
+    for option in ("model.method=trident", "model.sam_halves=True", "model.cos_fac=3.0", "model.vfm=dino_vitb16",
+                   "test_dataloader.dataset.pipeline.1.scale=(2048,688)",
+                   "model.clip_path=ViT-H-14/laion2b_s32b_b79k"):
+        assert option in city.split(), option
+    markdown = (tmp_path / "work" / "trident" / "ViT-H-14_laion2b_s32b_b79k" / "summary.md").read_text()
+    assert "| VOC21 | cfg_voc21 | 50.00 | 70.80 | -20.80 |" in markdown
+    assert "| average |  | 50.00 | 48.63 | +1.37 |" in markdown  # 48.625 (the paper: 48.6)
+    assert "Published mIoU (trident, CLIP ViT-H-14/laion2b_s32b_b79k): Trident paper" in markdown
+    assert summary.rows({}, "trident")[0]["paper"] == 67.1  # CLIP ViT-B/16 by default
+    assert summary.published_row("trident", "ViT-L/14") == {}  # no published row for that CLIP

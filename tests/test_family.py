@@ -112,6 +112,11 @@ OWN_FILES = [  # (method, benchmark, class index, the queries of that class in t
     ("proxyclip", "cfg_voc20", 19, ["tvmonitor"]),
     ("proxyclip", "cfg_coco_object", 0, ["sky", "wall", "tree", "wood", "grass", "road", "sea", "river", "mountain",
                                          "sands", "desk", "bed", "building", "cloud", "floor", "hill", "rail"]),
+    # Trident ships ProxyCLIP's files for these three (compared line by line with YuHengsss/Trident)
+    ("trident", "cfg_voc21", 20, ["tvmonitor"]),
+    ("trident", "cfg_voc20", 19, ["tvmonitor"]),
+    ("trident", "cfg_coco_object", 0, ["sky", "wall", "tree", "wood", "grass", "road", "sea", "river", "mountain",
+                                       "sands", "desk", "bed", "building", "cloud", "floor", "hill", "rail"]),
 ]
 
 
@@ -119,7 +124,8 @@ OWN_FILES = [  # (method, benchmark, class index, the queries of that class in t
 def test_published_protocol_uses_the_methods_own_class_names(method, benchmark, index, queries):
     options = dict(o.split("=", 1) for o in cfg_options(method, benchmark))
     path = Path(options["model.name_path"])
-    assert path.parent == CONFIGS_DIR / method and path.is_file()
+    folder = "proxyclip" if method == "trident" else method  # Trident's files are ProxyCLIP's
+    assert path.parent == CONFIGS_DIR / folder and path.is_file()
     names, query_class, display = read_class_file(path)
     assert [n for n, c in zip(names, query_class) if c == index] == queries
     shared_names, shared_class, shared_display = read_class_file(CONFIGS_DIR / path.name)
@@ -190,12 +196,12 @@ def test_a_new_method_is_one_entry(keykey):
 
 
 def test_unknown_method_is_one_line():
-    with pytest.raises(ConfigError, match=r"^method must be one of \('cass', .*'proxyclip'\), got 'dino'$"):
+    with pytest.raises(ConfigError, match=r"^method must be one of \('cass', .*'proxyclip', 'trident'\), got 'dino'$"):
         CASSConfig.from_keys(dict(method="dino"))
     with pytest.raises(KeyError, match="unknown method 'dino'"):
         get_method("dino")
     with pytest.raises(ValueError, match="merge must be one of"):
-        Method(name="x", title="x", last_block="m:f", merge="features")
+        Method(name="x", title="x", last_block="m:f", merge="tokens")
 
 
 # ---------------------------------------------------------------- casts set the precision

@@ -9,7 +9,7 @@ from conftest import TINY_VFM, tiny_clip, tiny_dino
 from cass import clip_vit, methods
 from cass.backbones import VFM_SPECS
 from cass.config import CASSConfig, ConfigError
-from cass.family import method_names
+from cass.family import get_method, method_names
 from cass.dino_input import plain_dino_images
 from cass.model import CASSModel
 from cass.spectral import gaussian_bias
@@ -265,8 +265,8 @@ def test_cass_default_is_unchanged(image):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("method", method_names()[1:])
-def test_baselines_use_plain_text_embeddings(method, image):
+@pytest.mark.parametrize("method", [m for m in method_names()[1:] if get_method(m).merge == "logits"])
+def test_baselines_use_plain_text_embeddings(method, image):  # Trident's merge: tests/test_trident_method.py
     """Without refinement a crop's logits are F . t, upsampled; every method gives another output."""
     model = make(method)
     x = image[None, :, :224, :224]
@@ -296,7 +296,7 @@ def test_baseline_options(image):
 
 
 def test_bad_method_settings_are_one_line_errors():
-    with pytest.raises(ConfigError, match=r"^method must be one of .*'proxyclip'\), got 'dino'$"):
+    with pytest.raises(ConfigError, match=r"^method must be one of .*'proxyclip', 'trident'\), got 'dino'$"):
         CASSConfig.from_keys(dict(method="dino"))
     with pytest.raises(ConfigError, match="unknown model setting 'methd' \\(did you mean 'method'\\?\\)"):
         CASSConfig.from_keys(dict(methd="sclip"))
@@ -319,7 +319,7 @@ def test_method_keys_round_trip():
     assert (cfg.method.name, cfg.method.proxy_beta, cfg.method.refines_text) == ("proxyclip", 1.0, True)
     assert not cfg.method.keeps_residual and CASSConfig.from_keys(cfg.to_keys()) == cfg
     assert [CASSConfig.from_keys(dict(method=m)).method.keeps_residual for m in method_names()] == \
-        [False, True, True, True, False, False, False]
+        [False, True, True, True, False, False, False, False]
 
 
 def test_proxyclip_refuses_a_rotary_vfm():

@@ -7,6 +7,8 @@ mmseg's data samples. Nothing of the method lives here.
 """
 from __future__ import annotations
 
+import mmcv
+import numpy as np
 import torch
 from mmengine.structures import PixelData
 from mmseg.models.data_preprocessor import SegDataPreProcessor
@@ -94,10 +96,30 @@ class CASSSegmentor(BaseSegmentor):
             todo.append((img[:, :h, :w], sample))
         images = [img for img, _ in todo]
         sizes = [tuple(s.metainfo.get("ori_shape", img.shape[-2:])[:2]) for img, s in todo]
-        for (_, sample), prediction in zip(todo, self.model(images, sizes) if todo else []):
+        sam_images = self.sam_images([s for _, s in todo]) if self.model.sam_guide is not None else None
+        for (_, sample), prediction in zip(todo, self.model(images, sizes, sam_images) if todo else []):
             sample.set_data({"seg_logits": PixelData(data=prediction.probs),
                              "pred_sem_seg": PixelData(data=prediction.labels[None])})
         return data_samples
+
+    @staticmethod
+    def sam_images(samples: list[SegDataSample]) -> list[np.ndarray] | None:
+        """The original RGB images SAM sees (Trident), read from each sample's ``img_path``.
+
+        mmseg's test pipeline keeps only the resized image, so the original is
+        read again, with the pipeline's own decoder (``mmcv.imread``), as the
+        released Trident does; samples without ``img_path`` (direct calls)
+        give None: the model then resizes its input back.
+        """
+        if not all("img_path" in s for s in samples):
+            return None
+        images = []
+        for sample in samples:
+            bgr = mmcv.imread(sample.img_path)
+            if bgr is None:
+                raise FileNotFoundError(f"cannot read the image {sample.img_path} for SAM")
+            images.append(np.ascontiguousarray(bgr[..., ::-1]))
+        return images
 
     def encode_decode(self, inputs: Tensor, batch_data_samples: list[SegDataSample] | None = None) -> Tensor:
         """(B, 3, H, W) -> (B, Q, H, W) query logits at input resolution (no padding assumed)."""

@@ -1,0 +1,220 @@
+"""SAM's help for one image: Trident's correlation (aggregation) and its prompt refinement.
+
+:class:`SAMGuide` wraps segment-anything's ``SamPredictor`` (the library's
+own preprocessing, encoder and prompt decoding) and the math of
+:mod:`cass.trident`. Per image it
+
+1. resizes the original RGB image up to multiples of CLIP's patch and lets
+   the predictor encode it (Cityscapes: the left and right halves, then the
+   whole image for refinement), recording the input of the encoder's last
+   global attention in the same pass (:func:`cass.sam_encoder.last_global_input`);
+2. turns that attention into Trident's correlation weights on SAM's valid
+   token grid (:func:`cass.trident.sam_correlation`) and mixes an image's
+   features or logits with them (:meth:`SAMGuide.aggregate`);
+3. refines a coarse prediction with box, point and mask prompts of its
+   connected regions (:meth:`SAMGuide.refine`).
+
+References: ``Trident.get_trident_seg`` / ``get_sam_feat`` (``trident.py``)
+and ``sam_refinement`` (``seg_utils/utils.py``) of YuHengsss/Trident.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import trident
+from .config import SAMConfig
+from .images import ImageError
+from .sam_encoder import block_attention, last_global_index, last_global_input
+from .stages import stage
+
+
+@dataclass
+class SAMView:
+    """SAM's correlation of one image (one entry per encoded part: the image, or its two halves).
+
+    Attributes:
+        weights: (N_i, N_i) float32 row-stochastic weights per part.
+        grids: (h_i, w_i) SAM's valid token grid per part.
+    """
+
+    weights: list[Tensor]
+    grids: list[tuple[int, int]]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The image's grid: the parts side by side."""
+        return self.grids[0][0], sum(w for _, w in self.grids)
+
+
+def sam_image(rgb: np.ndarray, multiple: int) -> np.ndarray:
+    """The image SAM encodes: the original resized up to multiples of ``multiple`` (CLIP's patch).
+
+    As released (``get_trident_seg``): each side not a multiple is rounded up,
+    ``cv2.resize`` with its default bilinear interpolation; the image is kept
+    as it is when both sides are multiples.
+    """
+    h, w = rgb.shape[:2]
+    new_h, new_w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    if (new_h, new_w) == (h, w):
+        return rgb
+    return cv2.resize(rgb, (new_w, new_h))
+
+
+class SAMGuide(nn.Module):
+    """SAM's aggregation and refinement for one image at a time.
+
+    Args:
+        sam: segment-anything ``Sam`` (:func:`cass.weights.load_sam`).
+        config: the settings (:class:`~cass.config.SAMConfig`).
+    """
+
+    def __init__(self, sam: nn.Module, config: SAMConfig) -> None:
+        from segment_anything import SamPredictor  # only SAM's users need the package loaded
+
+        super().__init__()
+        self.sam = sam.eval()
+        self.config = config
+        self._predictor = SamPredictor(self.sam)
+        self._image_size: tuple[int, int] | None = None
+
+    @property
+    def patch_size(self) -> int:
+        return self.sam.image_encoder.patch_embed.proj.kernel_size[0]
+
+    @torch.no_grad()
+    def set_image(self, rgb: np.ndarray, clip_patch: int, correlation: bool) -> SAMView | None:
+        """Encode one image; with ``correlation`` also return its :class:`SAMView`.
+
+        Args:
+            rgb: (H, W, 3) uint8 RGB original image.
+            clip_patch: CLIP's patch size (the image is resized up to its multiples, as released).
+            correlation: compute the correlation weights (SAM aggregation).
+
+        Afterwards the predictor holds the whole image, for :meth:`refine`.
+        """
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ImageError(f"SAM takes an (H, W, 3) uint8 RGB image, got {rgb.dtype} {rgb.shape}")
+        image = sam_image(rgb, clip_patch)
+        self._image_size = rgb.shape[:2]
+        parts = [image]
+        if self.config.sam_halves:
+            half = image.shape[1] // 2
+            parts = [image[:, :half], image[:, half:]]
+        for part in parts:
+            self._valid_grid(part.shape[:2], rgb.shape[:2])  # before encoding: SAM cannot resize it
+        view = SAMView([], []) if correlation else None
+        attention = self.sam.image_encoder.blocks[last_global_index(self.sam.image_encoder)].attn
+        side = self.sam.image_encoder.img_size // self.patch_size
+        for part in parts if correlation else []:
+            with stage("sam"), last_global_input(self.sam.image_encoder) as seen:
+                self._predictor.set_image(np.ascontiguousarray(part))
+            with stage("aggregate"):
+                grid = self._valid_grid(part.shape[:2], rgb.shape[:2])
+                attn, values = block_attention(attention, seen.pop("x"))
+                values = values.reshape(*values.shape[:2], side, side, -1)
+                attn, values = trident.crop_sam_tokens(attn, values, grid)
+                view.weights.append(trident.sam_correlation(attn, values, self.config.cos_fac,
+                                                            self.config.refine_neg_cos)[0])
+                view.grids.append(grid)
+        if not correlation or len(parts) > 1:  # the whole image, for refinement
+            with stage("sam"):
+                self._predictor.set_image(np.ascontiguousarray(image))
+        return view
+
+    def _valid_grid(self, size: tuple[int, int], original: tuple[int, int]) -> tuple[int, int]:
+        """SAM's valid token grid of an image part of ``size`` (``get_sam_feat``): its input size // SAM's
+        patch; an image too elongated to have one is a one-line error naming its ``original`` size."""
+        long_side = self.sam.image_encoder.img_size
+        h, w = self._predictor.transform.get_preprocess_shape(size[0], size[1], long_side)
+        grid = (h // self.patch_size, w // self.patch_size)
+        if min(grid) < 1:
+            raise ImageError(f"a {original[1]}x{original[0]} image is too elongated for SAM: at SAM's {long_side}-pixel "
+                             f"long side its short side is {min(h, w)} px, less than one {self.patch_size}-pixel "
+                             "SAM patch; crop it to a less elongated shape")
+        return grid
+
+    @staticmethod
+    def aggregate(maps: Tensor, view: SAMView) -> Tensor:
+        """Mix (C, H, W) features or logits with SAM's correlation: (C, h, w) on SAM's grid.
+
+        Each part (the image, or its halves split at column ``W // 2``) is
+        resized to its SAM grid (bilinear) and multiplied by its weights
+        (:func:`cass.trident.aggregate`, :func:`cass.trident.aggregate_halves`).
+        """
+        with stage("aggregate"):
+            if len(view.weights) == 1:
+                mixed = trident.aggregate(maps[None], view.weights[0][None], view.grids[0])
+            else:
+                mixed = trident.aggregate_halves(maps[None], (view.weights[0][None], view.weights[1][None]),
+                                                 tuple(view.grids))
+            h, w = view.grid
+            return mixed[0].T.reshape(-1, h, w)
+
+    @torch.no_grad()
+    def refine(self, probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Trident's SAM refinement of the image set last (``sam_refinement``, as released).
+
+        Connected regions of the half-resolution coarse labels
+        (:func:`cass.trident.region_prompts`) prompt SAM with their box, their
+        top-probability point and their class's mask prompt; masks whose
+        predicted IoU exceeds ``sam_iou_thresh`` are merged
+        (:func:`cass.trident.merge_refined`), rejected regions get their
+        coarse scores back (:func:`cass.trident.restore_failed`). Without any
+        accepted mask the coarse prediction is returned unchanged.
+
+        Args:
+            probs: (C, H, W) coarse class probabilities at the original size.
+            labels: (H, W) long coarse labels (``prob_thd`` applied).
+
+        Returns:
+            (C, H, W) scores (the released refined ``seg_logits``: SAM's sigmoid
+            times the class probability inside accepted masks, coarse
+            probabilities in rejected regions, 0 elsewhere) and (H, W) labels.
+        """
+        cfg, predictor = self.config, self._predictor
+        num_classes = probs.shape[0]
+        with stage("refine"):
+            small_labels, small_probs = trident.refinement_inputs(labels, probs, cfg.coarse_thresh)
+            # released quirk: without a coarse threshold the last class makes no region (split_last)
+            classes = num_classes if cfg.coarse_thresh > 0 else num_classes - 1
+            regions = trident.region_prompts(small_labels.cpu().numpy(), small_probs.cpu().numpy(), classes,
+                                             cfg.coarse_thresh, cfg.minimal_area)
+            small = tuple(small_labels.shape)
+            device = predictor.device
+            kept_logits, kept_classes, failed = [], [], []
+            for c in sorted({r["class"] for r in regions}):
+                group = [r for r in regions if r["class"] == c]
+                mask = trident.mask_prompt(small_probs[c].cpu().numpy(), self._image_size, cfg.coarse_thresh,
+                                           cfg.sam_mask_coff)
+                boxes = torch.as_tensor(np.stack([r["box"] for r in group]), dtype=torch.float32, device=device)
+                points = torch.as_tensor(np.stack([r["point"] for r in group]), dtype=torch.float32, device=device)
+                _, scores, low_res = predictor.predict_torch(
+                    point_coords=predictor.transform.apply_coords_torch(points, small)[:, None],
+                    point_labels=torch.ones(len(group), 1, device=device),
+                    boxes=predictor.transform.apply_boxes_torch(boxes, small),
+                    mask_input=torch.as_tensor(mask, device=device)[None, None],
+                    multimask_output=False)
+                keep = torch.as_tensor(trident.keep_confident(scores.cpu().numpy(), cfg.sam_iou_thresh))
+                failed += [torch.as_tensor(r["mask"]) for r, k in zip(group, keep.tolist()) if not k]
+                if keep.any():
+                    kept_logits.append(low_res[keep.to(low_res.device)])
+                    kept_classes += [c] * int(keep.sum())
+            if not kept_logits:
+                return probs, labels
+            logits = self.sam.postprocess_masks(torch.cat(kept_logits), predictor.input_size,
+                                                predictor.original_size)
+            if tuple(logits.shape[-2:]) != tuple(labels.shape):
+                logits = F.interpolate(logits, tuple(labels.shape), mode="bilinear", align_corners=False)
+            region_classes = torch.tensor(kept_classes, device=logits.device)
+            new_labels, scores = trident.merge_refined(logits[:, 0], region_classes, probs, labels,
+                                                       self.sam.mask_threshold)
+            if failed:
+                new_labels, scores = trident.restore_failed(torch.stack(failed).to(probs.device), probs, scores,
+                                                            new_labels, labels)
+            return scores, new_labels
