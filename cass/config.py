@@ -291,7 +291,9 @@ class SAMConfig:
         minimal_area: fewest pixels of a region (at half resolution).
         sam_mask_coff: factor of the mask prompt's probabilities.
         sam_iou_thresh: a SAM mask replaces its region when its predicted IoU
-            is above this.
+            is above this (a negative value accepts every mask: an ablation,
+            and how the comparison with the released code exercises merging
+            with random SAM weights).
     """
 
     sam_aggregation: bool | None = None
@@ -315,7 +317,8 @@ class SAMConfig:
         _check(0 <= self.coarse_thresh < 1, f"coarse_thresh must lie in [0, 1), got {self.coarse_thresh}")
         _check(self.minimal_area >= 1, f"minimal_area must be >= 1, got {self.minimal_area}")
         _check(self.sam_mask_coff > 0, f"sam_mask_coff must be > 0, got {self.sam_mask_coff}")
-        _check(0 <= self.sam_iou_thresh <= 1, f"sam_iou_thresh must lie in [0, 1], got {self.sam_iou_thresh}")
+        _check(self.sam_iou_thresh <= 1, f"sam_iou_thresh must be <= 1 (a predicted IoU; below 0 every mask "
+               f"is accepted), got {self.sam_iou_thresh}")
 
 
 # config keys whose dataclass field has another name

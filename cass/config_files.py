@@ -69,11 +69,17 @@ def with_vfm_path(keys: dict[str, Any], path: str | os.PathLike | None) -> dict[
 def resize_scale(cfg: Config) -> tuple[int, int]:
     """The ``Resize(scale=..., keep_ratio=True)`` of the config's test pipeline.
 
+    The pipeline ``eval.py`` runs: the test dataloader's (where a method's
+    published protocol and ``--cfg-options`` set the resize,
+    :data:`cass.family.RESIZE_KEY`), else the config's ``test_pipeline``.
     Only the steps :mod:`cass.api` computes itself are accepted (an image
     loader, one keep-ratio resize, annotation loading, packing); anything else
     is an error rather than a silent difference from ``eval.py``.
     """
-    pipeline = cfg.get("test_pipeline") or cfg.test_dataloader.dataset.pipeline
+    dataset = (cfg.get("test_dataloader") or {}).get("dataset") or {}
+    pipeline = dataset.get("pipeline") or cfg.get("test_pipeline")
+    if not pipeline:
+        raise ValueError("the config has no test pipeline (test_dataloader.dataset.pipeline or test_pipeline)")
     scales = []
     for step in pipeline:
         kind = step["type"]

@@ -296,4 +296,4 @@ def test_settings_reach_the_model(make):
         with pytest.raises(ValueError, match="CUDA is not available"):
             make(device="cuda")
     with pytest.raises(ValueError, match="unsupported step 'RandomFlip'"):
-        make(cfg_options={"test_pipeline": [dict(type="LoadImageFromFile"), dict(type="RandomFlip")]})
+        make(cfg_options={"test_dataloader.dataset.pipeline": [dict(type="LoadImageFromFile"), dict(type="RandomFlip")]})

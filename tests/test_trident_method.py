@@ -379,3 +379,15 @@ def test_the_mmseg_adapter_reads_the_original_for_sam(tmp_path):
     assert CASSSegmentor.sam_images([SegDataSample(metainfo=dict(ori_shape=(30, 40)))]) is None
     with pytest.raises(FileNotFoundError, match="absent.png"):
         CASSSegmentor.sam_images([SegDataSample(metainfo=dict(img_path=str(tmp_path / "absent.png")))])
+
+
+def test_the_published_resize_reaches_the_segmenter():
+    """A method's published short side (cfg_options' test_dataloader resize) is the one Segmenter uses."""
+    from cass.config_files import load_config, resize_scale
+    from cass.family import CONFIGS_DIR
+
+    for benchmark, short in (("cfg_voc21", 448), ("cfg_city_scapes", 688), ("cfg_voc20", 336)):
+        options = dict(o.split("=", 1) for o in cfg_options("trident", benchmark))
+        options = {k: eval(v) for k, v in options.items() if k.startswith("test_dataloader")}  # noqa: S307
+        assert resize_scale(load_config(CONFIGS_DIR / f"{benchmark}.py", options)) == (2048, short)
+    assert resize_scale(load_config(CONFIGS_DIR / "cfg_voc21.py")) == (2048, 336)  # CASS's own

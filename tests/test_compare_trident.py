@@ -1,0 +1,164 @@
+"""scripts/compare_trident.py's own helpers, without the released code.
+
+The comparison itself runs only when ``TRIDENT_RELEASED`` (a checkout or git
+directory of https://github.com/YuHengsss/Trident) and ``TRIDENT_DINO`` (one of
+https://github.com/facebookresearch/dino) are set: it takes minutes per case.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import load_script
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compare():
+    yield load_script("scripts/compare_trident.py", "compare_trident")
+    sys.modules.pop("compare_trident", None)
+
+
+TRIDENT_PY = """\
+class Trident(BaseSegmentor):
+    def __init__(self, clip_type, model_type, vfm_model, name_path, device=torch.device('cuda'),
+                 prob_thd=0.0):
+        self.clip = create_model(model_type, pretrained=clip_type, precision='fp16')
+        self.vfm = torch.hub.load('facebookresearch/dino:main', 'dino_vitb16')
+        self.vfm = self.vfm.half()
+        self.sam = sam_model_registry[sam_model_type](checkpoint=sam_ckpt).to(device=device).eval().half()
+
+    def get_trident_seg(self, src_img, img_path, img_metas):
+        tmp_img = cv2.imread(img_path)
+        imgs_norm = imgs_norm.half()
+        clip_features = self.clip.encode_image(img_batch.half(),external_feats=vfm_feats)
+"""
+
+
+def fake_checkout(root):
+    (root / "seg_utils").mkdir(parents=True)
+    (root / "open_clip").mkdir()
+    (root / "configs").mkdir()
+    (root / ".git").mkdir()
+    (root / "trident.py").write_text(TRIDENT_PY)
+    (root / "seg_utils" / "utils.py").write_text("    if type(img) == str:\n        img = cv2.imread(img)\n")
+    (root / "open_clip" / "openai.py").write_text(
+        "        model_path = download_pretrained_from_url(get_pretrained_url(name, 'openai'), cache_dir=cache_dir)\n")
+    (root / "configs" / "cfg_voc21.py").write_text("model = dict()\n")
+    return root
+
+
+def test_patched_copy_runs_in_float32(compare, tmp_path):
+    copy = tmp_path / "copy"
+    compare.patch_released_copy(fake_checkout(tmp_path / "released"), copy)
+    text = (copy / "trident.py").read_text()
+    assert ".half()" not in text and "precision='fp16'" not in text
+    assert "precision='fp32'" in text and "self.vfm.float()" in text and "eval().float()" in text
+    assert "imgs_norm.float()" in text and "encode_image(img_batch.float()," in text
+    # what the runner replaces in the subprocess stays as released
+    assert "device=torch.device('cuda')" in text and "cv2.imread(img_path)" in text
+    assert (copy / "configs" / "cfg_voc21.py").is_file() and not (copy / ".git").exists()
+    compare.patch_released_copy(tmp_path / "released", copy)  # a kept work folder is replaced
+
+
+@pytest.mark.parametrize("name, pattern", [
+    ("trident.py", "imgs_norm = imgs_norm.half()"),  # a patch
+    ("trident.py", "cv2.imread(img_path)"),  # replaced in the subprocess
+    ("seg_utils/utils.py", "img = cv2.imread(img)"),
+    ("open_clip/openai.py", "download_pretrained_from_url(get_pretrained_url(name, 'openai')"),
+])
+def test_a_missing_pattern_is_refused(compare, tmp_path, name, pattern):
+    source = fake_checkout(tmp_path / "released")
+    path = source / name
+    path.write_text(path.read_text().replace(pattern, "something else"))
+    with pytest.raises(compare.ReleasedCodeError, match="not supported") as err:
+        compare.patch_released_copy(source, tmp_path / "copy")
+    assert name in str(err.value) and pattern in str(err.value)
+
+
+def test_unknown_checkouts_are_refused(compare, tmp_path):
+    with pytest.raises(compare.ReleasedCodeError, match="neither a checkout"):
+        compare.patch_released_copy(tmp_path, tmp_path / "copy")
+
+
+def test_git_directories_are_exported(compare, tmp_path):
+    """A git directory's HEAD is exported, as with the mirrors the comparison reads."""
+    source = fake_checkout(tmp_path / "work")
+    (source / ".git").rmdir()
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "x"]):
+        subprocess.run(["git", "-C", str(source), *args], check=True, env=env, capture_output=True)
+    bare = tmp_path / "bare.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(source), str(bare)], check=True, capture_output=True)
+    compare.patch_released_copy(bare, tmp_path / "copy")
+    assert "precision='fp32'" in (tmp_path / "copy" / "trident.py").read_text()
+    with pytest.raises(compare.ReleasedCodeError, match="no hubconf.py"):
+        compare.export_tree(bare, tmp_path / "dino", "hubconf.py")
+
+
+def test_agreement_and_table(compare):
+    probs = np.random.default_rng(0).random((3, 4, 5)).astype(np.float32)
+    labels = probs.argmax(0)
+    other_labels = labels.copy()
+    other_labels[0, :2] = (labels[0, :2] + 1) % 3
+    result = compare.agreement(dict(probs=probs, labels=labels), dict(probs=probs + 0.25, labels=other_labels))
+    assert result["label_agreement"] == pytest.approx(18 / 20) and result["max_prob_diff"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="probability maps differ"):
+        compare.agreement(dict(probs=probs, labels=labels), dict(probs=probs[:2], labels=labels))
+    with pytest.raises(ValueError, match="label maps differ"):
+        compare.agreement(dict(probs=probs, labels=labels), dict(probs=probs, labels=labels[None]))
+    table = compare.format_table([dict(family="voc20", photo="coffee", **result)])
+    assert "| voc20 | coffee | 90.00% | 2.5e-01 |" in table
+    released_only = compare.format_table([dict(family="voc21", photo="chelsea", labels=[0, 3])])
+    assert "| voc21 | chelsea | [0, 3] |" in released_only
+
+
+def test_arguments(compare, tmp_path):
+    args = compare.parse_args(["--released", "r", "--dino", "d"])
+    assert args.families == list(compare.DEFAULT_FAMILIES) and args.photos == list(compare.DEFAULT_PHOTOS)
+    assert args.threads == 1 and not args.released_only and args.json is None and args.settings == {}
+    args = compare.parse_args(["--released", "r", "--dino", "d", "--set", "prob_thd=0", "coarse_thresh=0.03"])
+    assert args.settings == {"prob_thd": 0, "coarse_thresh": 0.03}
+    args = compare.parse_args(["--released", "r", "--dino", "d", "--families", "ade20k", "voc20", "--photos", "coffee",
+                               "--threads", "2", "--released-only", "--json", str(tmp_path / "r.json")])
+    assert args.families == ["ade20k", "voc20"] and args.photos == ["coffee"] and args.threads == 2
+    assert args.released_only and args.json == tmp_path / "r.json"
+    for bad in (["--families", "coco"], ["--photos", "camera"], ["--threads", "0"], ["--set", "prob_thd"], []):
+        with pytest.raises(SystemExit):
+            compare.parse_args((["--released", "r", "--dino", "d"] if bad else []) + bad)
+    assert set(compare.FAMILIES) == {"ade20k", "voc21", "voc20", "cityscapes"}
+    assert all((REPO / "configs" / f"{config}.py").is_file() for config in compare.FAMILIES.values())
+
+
+def test_main_reports_a_bad_checkout_in_one_line(compare, tmp_path, capsys):
+    assert compare.main(["--released", str(tmp_path / "none"), "--dino", str(tmp_path)]) == 1
+    assert "compare_trident.py:" in capsys.readouterr().err
+
+
+def test_cfg_options_are_parsed_like_eval_py(compare):
+    options = compare.parse_options(["model.method=trident", "model.prob_thd=0.2",
+                                     "test_dataloader.dataset.pipeline.1.scale=(2048,448)"])
+    assert options == {"model.method": "trident", "model.prob_thd": 0.2,
+                       "test_dataloader.dataset.pipeline.1.scale": (2048, 448)}
+    assert compare.parse_options([]) == {}
+
+
+def test_inputs_follow_the_scale(compare):
+    from cass.images import as_bgr_uint8, normalise, resize_keep_ratio
+    image = compare.photo("chelsea")
+    assert image.shape == (300, 451, 3)
+    array = compare.model_input(image, (2048, 448))
+    assert array.shape == (3, 448, 673) and array.dtype == np.float32
+    np.testing.assert_array_equal(array, normalise(resize_keep_ratio(as_bgr_uint8(image), (2048, 448))).numpy())
+
+
+@pytest.mark.skipif(not (os.environ.get("TRIDENT_RELEASED") and os.environ.get("TRIDENT_DINO")),
+                    reason="set TRIDENT_RELEASED and TRIDENT_DINO to checkouts of the released Trident and DINO code")
+def test_released_trident_agrees(compare, tmp_path):  # pragma: no cover - minutes, opt-in
+    rows = compare.compare(Path(os.environ["TRIDENT_RELEASED"]), Path(os.environ["TRIDENT_DINO"]), ["voc20"],
+                           ["chelsea"], tmp_path, log=lambda *a: None)
+    assert rows and all(row["label_agreement"] > 0.99 for row in rows)
