@@ -198,7 +198,9 @@ class SAMGuide(nn.Module):
                     point_coords=predictor.transform.apply_coords_torch(points, small)[:, None],
                     point_labels=torch.ones(len(group), 1, device=device),
                     boxes=predictor.transform.apply_boxes_torch(boxes, small),
-                    mask_input=torch.as_tensor(mask, device=device)[None, None],
+                    # [quirk] (1, 256, 256) as released, not (1, 1, 256, 256): SAM's mask encoder takes it as
+                    # one unbatched image, and its LayerNorm2d then normalises over rows instead of channels
+                    mask_input=torch.as_tensor(mask, device=device)[None],
                     multimask_output=False)
                 keep = torch.as_tensor(trident.keep_confident(scores.cpu().numpy(), cfg.sam_iou_thresh))
                 failed += [torch.as_tensor(r["mask"]) for r, k in zip(group, keep.tolist()) if not k]

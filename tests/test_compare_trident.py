@@ -107,12 +107,17 @@ def test_agreement_and_table(compare):
     other_labels[0, :2] = (labels[0, :2] + 1) % 3
     result = compare.agreement(dict(probs=probs, labels=labels), dict(probs=probs + 0.25, labels=other_labels))
     assert result["label_agreement"] == pytest.approx(18 / 20) and result["max_prob_diff"] == pytest.approx(0.25)
+    assert result["prob_diff_share"] == 1.0
+    shifted = probs.copy()
+    shifted[1, 2, 3] += 0.5  # one pixel differs
+    assert compare.agreement(dict(probs=probs, labels=labels),
+                             dict(probs=shifted, labels=labels))["prob_diff_share"] == pytest.approx(1 / 20)
     with pytest.raises(ValueError, match="probability maps differ"):
         compare.agreement(dict(probs=probs, labels=labels), dict(probs=probs[:2], labels=labels))
     with pytest.raises(ValueError, match="label maps differ"):
         compare.agreement(dict(probs=probs, labels=labels), dict(probs=probs, labels=labels[None]))
     table = compare.format_table([dict(family="voc20", photo="coffee", **result)])
-    assert "| voc20 | coffee | 90.00% | 2.5e-01 |" in table
+    assert "| voc20 | coffee | 90.00% | 2.5e-01 | 100.0000% |" in table
     released_only = compare.format_table([dict(family="voc21", photo="chelsea", labels=[0, 3])])
     assert "| voc21 | chelsea | [0, 3] |" in released_only
 
