@@ -32,11 +32,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from cass.bench.released import ReleasedCodeError, agreement, apply_patches, photo, run_comparison
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = {  # name -> benchmark config (ours and the release's share the file name)
@@ -53,33 +54,13 @@ CPU_PATCHES = {
 }
 
 
-class ReleasedCodeError(RuntimeError):
-    """The released checkout is missing, changed, or failed to run."""
-
-
 def patch_released_copy(source: Path, target: Path) -> None:
     """Copy the released checkout to ``target`` with :data:`CPU_PATCHES` applied;
     a pattern that is not found means the checkout is not the one this script knows."""
     if not (source / "cass_segmentor.py").is_file():
         raise ReleasedCodeError(f"{source} is not a checkout of the released CASS code (no cass_segmentor.py)")
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(".git"))
-    for name, replacements in CPU_PATCHES.items():
-        path = target / name
-        text = path.read_text()
-        for old, new in replacements:
-            if old not in text:
-                raise ReleasedCodeError(f"{source / name}: expected {old!r}; this released version is not supported")
-            text = text.replace(old, new)
-        path.write_text(text)
-
-
-def photo(name: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB photo shipped with scikit-image."""
-    from skimage import data
-    image = getattr(data, name)()
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"scikit-image's {name!r} is not an RGB photo")
-    return image
+    apply_patches(source, target, CPU_PATCHES)
 
 
 def model_inputs(family: str, photos: Sequence[str]) -> dict[str, np.ndarray]:
@@ -89,14 +70,6 @@ def model_inputs(family: str, photos: Sequence[str]) -> dict[str, np.ndarray]:
     from cass.images import as_bgr_uint8, normalise, resize_keep_ratio
     scale = resize_scale(load_config(REPO / "configs" / f"{FAMILIES[family]}.py"))
     return {name: normalise(resize_keep_ratio(as_bgr_uint8(photo(name)), scale)).numpy() for name in photos}
-
-
-def agreement(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> dict[str, float]:
-    """Share of pixels with the same label and the largest probability difference."""
-    if ours["probs"].shape != theirs["probs"].shape:
-        raise ValueError(f"probability maps differ in shape: {ours['probs'].shape} vs {theirs['probs'].shape}")
-    return dict(label_agreement=float((ours["labels"] == theirs["labels"]).mean()),
-                max_prob_diff=float(np.abs(ours["probs"] - theirs["probs"]).max()))
 
 
 # ---------------------------------------------------------------------------- the released side
@@ -223,21 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     parser.add_argument("--keep", type=Path, help="keep the work folder (weights, inputs, outputs) here")
     args = parser.parse_args(argv)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            work = args.keep or Path(tmp)
-            work.mkdir(parents=True, exist_ok=True)
-            rows = compare(args.released.resolve(), args.families, args.photos, work,
-                           exact_svd=not args.randomised_svd)
-    except (ReleasedCodeError, ValueError, OSError) as err:
-        print(f"compare_released.py: {err}", file=sys.stderr)
-        return 1
-    print(format_table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(dict(command="python scripts/compare_released.py " + " ".join(
-            sys.argv[1:] if argv is None else argv), rows=rows), indent=2) + "\n")
-    return 0
-
+    return run_comparison("compare_released.py", lambda work: compare(
+        args.released.resolve(), args.families, args.photos, work, exact_svd=not args.randomised_svd),
+        format_table, args.keep, args.json, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

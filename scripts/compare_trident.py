@@ -67,12 +67,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from cass.bench.released import ReleasedCodeError, agreement, apply_patches, photo, run_comparison
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = {  # name -> benchmark config (ours and the release's share the file name)
@@ -103,10 +104,6 @@ EXPECTED = {
     "open_clip/openai.py": ["download_pretrained_from_url(get_pretrained_url(name, 'openai')"],
 }
 DINO_HUB_DIR = "facebookresearch_dino_main"  # torch.hub's cache folder of 'facebookresearch/dino:main'
-
-
-class ReleasedCodeError(RuntimeError):
-    """The released checkout is missing, changed, or failed to run."""
 
 
 def export_tree(source: Path, target: Path, marker: str) -> None:
@@ -148,23 +145,7 @@ def patch_released_copy(source: Path, target: Path) -> None:
             if pattern not in text:
                 raise ReleasedCodeError(f"{source}: {name}: expected {pattern!r}; this released version is not "
                                         "supported")
-    for name, replacements in CPU_PATCHES.items():
-        path = target / name
-        text = path.read_text()
-        for old, new in replacements:
-            if old not in text:
-                raise ReleasedCodeError(f"{source}: {name}: expected {old!r}; this released version is not supported")
-            text = text.replace(old, new)
-        path.write_text(text)
-
-
-def photo(name: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB photo shipped with scikit-image."""
-    from skimage import data
-    image = getattr(data, name)()
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"scikit-image's {name!r} is not an RGB photo")
-    return image
+    apply_patches(source, target, CPU_PATCHES)
 
 
 def released_scale(checkout: Path, family: str) -> tuple[int, int]:
@@ -180,19 +161,6 @@ def model_input(image: np.ndarray, scale: tuple[int, int]) -> np.ndarray:
     ``scale``) and the release's data pre-processor (BGR -> RGB, CLIP mean and std)."""
     from cass.images import as_bgr_uint8, normalise, resize_keep_ratio
     return normalise(resize_keep_ratio(as_bgr_uint8(image), scale)).numpy()
-
-
-def agreement(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> dict[str, float]:
-    """Share of pixels with the same label, the largest probability difference, and the share of
-    pixels where some class's probability differs by more than 1e-3 (with SAM refinement a pixel
-    where a mask logit is within rounding of 0 can fall inside the mask on one side only)."""
-    if ours["probs"].shape != theirs["probs"].shape:
-        raise ValueError(f"probability maps differ in shape: {ours['probs'].shape} vs {theirs['probs'].shape}")
-    if ours["labels"].shape != theirs["labels"].shape:
-        raise ValueError(f"label maps differ in shape: {ours['labels'].shape} vs {theirs['labels'].shape}")
-    diff = np.abs(ours["probs"].astype(np.float64) - theirs["probs"])
-    return dict(label_agreement=float((ours["labels"] == theirs["labels"]).mean()), max_prob_diff=float(diff.max()),
-                prob_diff_share=float((diff.max(axis=0) > 1e-3).mean()))
 
 
 def parse_options(options: Sequence[str]) -> dict:
@@ -407,21 +375,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            work = args.keep or Path(tmp)
-            work.mkdir(parents=True, exist_ok=True)
-            rows = compare(args.released, args.dino, args.families, args.photos, work, threads=args.threads,
-                           released_only=args.released_only, timeout=args.timeout, settings=args.settings)
-    except (ReleasedCodeError, ValueError, OSError) as err:
-        print(f"compare_trident.py: {err}", file=sys.stderr)
-        return 1
-    print(format_table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(dict(command="python scripts/compare_trident.py " + " ".join(
-            sys.argv[1:] if argv is None else argv), rows=rows), indent=2) + "\n")
-    return 0
-
+    return run_comparison("compare_trident.py", lambda work: compare(
+        args.released, args.dino, args.families, args.photos, work, threads=args.threads,
+        released_only=args.released_only, timeout=args.timeout, settings=args.settings),
+        format_table, args.keep, args.json, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -53,6 +53,23 @@ def one_line_error(call, *fragments, error: type[Exception] | None = None) -> st
     return message
 
 
+def stages_seen(call) -> list[str]:
+    """The names of the stages (:mod:`cass.stages`) observed while ``call()`` runs, in order; the
+    list keeps growing only if the observer outlived the call (it must not)."""
+    from cass import stages
+
+    seen: list[str] = []
+
+    class Recorder:
+        def stage(self, name):
+            seen.append(name)
+            return torch.autograd.profiler.record_function("noop")
+
+    with stages.observe_stages(Recorder()):
+        call()
+    return seen
+
+
 def synthetic_photo(h: int = 120, w: int = 160) -> np.ndarray:
     """(h, w, 3) uint8 RGB: sky, a grey object and grass (classes of very different areas), with noise."""
     rng = np.random.default_rng(0)
