@@ -80,7 +80,7 @@ class SAMGuide(nn.Module):
         super().__init__()
         self.sam = sam.eval()
         self.config = config
-        self._predictor = SamPredictor(self.sam)
+        self.predictor = SamPredictor(self.sam)  # holds the image set last (its embedding, sizes)
         self._image_size: tuple[int, int] | None = None
 
     @property
@@ -113,7 +113,7 @@ class SAMGuide(nn.Module):
         side = self.sam.image_encoder.img_size // self.patch_size
         for part in parts if correlation else []:
             with stage("sam"), last_global_input(self.sam.image_encoder) as seen:
-                self._predictor.set_image(np.ascontiguousarray(part))
+                self.predictor.set_image(np.ascontiguousarray(part))
             with stage("aggregate"):
                 grid = self._valid_grid(part.shape[:2], rgb.shape[:2])
                 attn, values = block_attention(attention, seen.pop("x"))
@@ -124,14 +124,14 @@ class SAMGuide(nn.Module):
                 view.grids.append(grid)
         if not correlation or len(parts) > 1:  # the whole image, for refinement
             with stage("sam"):
-                self._predictor.set_image(np.ascontiguousarray(image))
+                self.predictor.set_image(np.ascontiguousarray(image))
         return view
 
     def _valid_grid(self, size: tuple[int, int], original: tuple[int, int]) -> tuple[int, int]:
         """SAM's valid token grid of an image part of ``size`` (``get_sam_feat``): its input size // SAM's
         patch; an image too elongated to have one is a one-line error naming its ``original`` size."""
         long_side = self.sam.image_encoder.img_size
-        h, w = self._predictor.transform.get_preprocess_shape(size[0], size[1], long_side)
+        h, w = self.predictor.transform.get_preprocess_shape(size[0], size[1], long_side)
         grid = (h // self.patch_size, w // self.patch_size)
         if min(grid) < 1:
             raise ImageError(f"a {original[1]}x{original[0]} image is too elongated for SAM: at SAM's {long_side}-pixel "
@@ -177,7 +177,7 @@ class SAMGuide(nn.Module):
             times the class probability inside accepted masks, coarse
             probabilities in rejected regions, 0 elsewhere) and (H, W) labels.
         """
-        cfg, predictor = self.config, self._predictor
+        cfg, predictor = self.config, self.predictor
         num_classes = probs.shape[0]
         with stage("refine"):
             small_labels, small_probs = trident.refinement_inputs(labels, probs, cfg.coarse_thresh)

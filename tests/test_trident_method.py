@@ -152,8 +152,8 @@ def test_refinement_without_accepted_mask_keeps_the_coarse_prediction(towers, mo
     rgb, image = photo_input()
     coarse = model([image], [rgb.shape[:2]], [rgb])[0]
     refined_model = trident_model(towers, sam_refinement=True, sam_iou_thresh=0.8)
-    fake = FakePredictions(refined_model.sam_guide._predictor, iou=0.5, inside=True)
-    monkeypatch.setattr(refined_model.sam_guide._predictor, "predict_torch", fake)
+    fake = FakePredictions(refined_model.sam_guide.predictor, iou=0.5, inside=True)
+    monkeypatch.setattr(refined_model.sam_guide.predictor, "predict_torch", fake)
     refined = refined_model([image], [rgb.shape[:2]], [rgb])[0]
     assert fake.calls, "the coarse prediction made no region"
     assert torch.equal(refined.labels, coarse.labels) and torch.equal(refined.probs, coarse.probs)
@@ -164,15 +164,15 @@ def test_refinement_prompts_and_merge(towers, monkeypatch):
     rgb, image = photo_input()
     coarse_model = trident_model(towers, sam_refinement=False)
     coarse = coarse_model([image], [rgb.shape[:2]], [rgb])[0]
-    fake = FakePredictions(model.sam_guide._predictor, iou=0.9, inside=True)
-    monkeypatch.setattr(model.sam_guide._predictor, "predict_torch", fake)
+    fake = FakePredictions(model.sam_guide.predictor, iou=0.9, inside=True)
+    monkeypatch.setattr(model.sam_guide.predictor, "predict_torch", fake)
     out = model([image], [rgb.shape[:2]], [rgb])[0]
     small_labels, small_probs = trident.refinement_inputs(coarse.labels, coarse.probs, 0.05)
     regions = trident.region_prompts(small_labels.numpy(), small_probs.numpy(), len(CLASSES), 0.05, 4)
     classes = sorted({r["class"] for r in regions})
     assert len(fake.calls) == len(classes)
     # prompts: boxes and points of the half-resolution regions in SAM's input frame
-    transform = model.sam_guide._predictor.transform
+    transform = model.sam_guide.predictor.transform
     first = [r for r in regions if r["class"] == classes[0]]
     want_boxes = transform.apply_boxes_torch(torch.tensor(np.stack([r["box"] for r in first])).float(),
                                              tuple(small_labels.shape))
