@@ -124,9 +124,10 @@ def random_openai_clip(tiny: bool, seed: int, arch: str) -> nn.Module:
     return clip_from_state_dict(random_clip(tiny, seed, arch).state_dict(), f"random-weight CLIP {arch}")
 
 
-def tower_keys(args: argparse.Namespace) -> dict:
-    """build_model's keys for the two towers: random-weight modules, or ``--clip-weights`` and
-    ``--vfm-weights`` read by build_model's loaders (the latter under the config's key for it)."""
+def tower_keys(args: argparse.Namespace, settings: dict) -> dict:
+    """build_model's keys for the towers: random-weight modules, or ``--clip-weights``,
+    ``--vfm-weights`` (under the config's key for it) and ``--sam-weights`` read by build_model's
+    loaders; SAM only where ``settings`` (:func:`model_settings`) use it."""
     keys: dict = dict(vfm=args.vfm)
     if args.clip_weights is not None:
         keys["clip_path"] = args.clip_weights
@@ -138,9 +139,9 @@ def tower_keys(args: argparse.Namespace) -> dict:
         keys["vfm_overrides"] = TINY_VFM if args.tiny else None
     else:  # built even where the method needs no VFM: build_model leaves it out then
         keys["vfm_model"] = random_dino(args.tiny, args.seed, args.vfm)
-    settings = CASSConfig.from_keys(model_settings(args.model_keys, None, args.crop_batch_size))
-    if requirements(settings).sam:  # random SAM only where the configuration uses it
-        kind = settings.sam.sam_model_type
+    config = CASSConfig.from_keys(settings)
+    if requirements(config).sam:
+        kind = config.sam.sam_model_type
         if args.sam_weights is not None:
             keys.update(sam_path=args.sam_weights, sam_overrides=TINY_SAM[kind] if args.tiny else None)
         else:
@@ -152,7 +153,7 @@ def timed_model(args: argparse.Namespace, classes: list[str]) -> CASSModel:
     """The model to time, on CPU, through :func:`cass.build.build_model`: the config's settings with
     ``--cfg-options`` and ``--precision``, the towers of :func:`tower_keys`, the vocabulary ``classes``."""
     settings = model_settings(args.model_keys, args.precision, args.crop_batch_size)  # checked before the towers
-    return build_model(**settings, **tower_keys(args), classes=classes,
+    return build_model(**settings, **tower_keys(args, settings), classes=classes,
                        text_cache_dir=args.text_cache_dir)
 
 

@@ -84,14 +84,15 @@ def build_model(clip_path: str = "ViT-B/16", vfm: str = "dino_vitb8", vfm_path: 
         raise ConfigError(f"vfm must be one of {sorted(VFM_SPECS)}, got {vfm!r}")
     vocabulary = vocabulary_from(classes, name_path)
     clip = clip_model if clip_model is not None else load_clip(clip_path)
+    need = requirements(config)
     vfm_module = None
-    if requirements(config).vfm:
+    if need.vfm:
         vfm_module = vfm_model if vfm_model is not None else build_vfm(vfm, **(vfm_overrides or {}))
         check_towers(config, clip, vfm_module, vfm)  # on the architecture, before its weights are read
         if vfm_model is None:
             vfm_module = load_vfm(vfm, vfm_path, vfm_module)
     sam = None
-    if requirements(config).sam:
+    if need.sam:
         sam = sam_model
         if sam is None:
             kind = config.sam.sam_model_type

@@ -20,6 +20,7 @@ import difflib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .backbones import SAM_SPECS
 from .family import METHODS, get_method
 
 STRATEGIES = ("spectral", "sequential", "vanilla")
@@ -262,7 +263,7 @@ class MethodConfig:
         return get_method(self.name).refines_text if self.refine_text is None else self.refine_text
 
 
-SAM_MODELS = ("vit_b", "vit_l", "vit_h")
+SAM_MODELS = tuple(SAM_SPECS)  # vit_b, vit_l, vit_h
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ import torchvision.transforms.functional as TF
 from torch import Tensor
 
 from .backbones import VFMSpec
-from .constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, REFERENCE_INVERSE_STD
+from .constants import IMAGENET_MEAN, IMAGENET_STD, REFERENCE_INVERSE_STD
+from .images import denormalise
 
 _PIL_BITS = 22  # PIL's PRECISION_BITS for 8-bit images: 32 - 8 - 2
 
@@ -144,9 +145,7 @@ def plain_dino_images(crops: Tensor, spec: VFMSpec) -> Tensor:
         (B, 3, Hc', Wc') with sides cropped to a multiple of the patch size
         (resized to the fixed square first for the DINOv2 option).
     """
-    mean = crops.new_tensor(CLIP_MEAN)[:, None, None]
-    std = crops.new_tensor(CLIP_STD)[:, None, None]
-    pixels = (crops.float() * std + mean) / 255
+    pixels = denormalise(crops) / 255
     if spec.fixed_size is not None:
         pixels = F.interpolate(pixels, size=(spec.fixed_size,) * 2, mode="bilinear", align_corners=False)
     images = TF.normalize(pixels, IMAGENET_MEAN, IMAGENET_STD)

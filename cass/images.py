@@ -105,3 +105,18 @@ def normalise(image: np.ndarray) -> Tensor:
     mean = torch.tensor(CLIP_MEAN)[:, None, None]
     std = torch.tensor(CLIP_STD)[:, None, None]
     return (rgb - mean) / std
+
+
+def denormalise(image: Tensor) -> Tensor:
+    """(..., 3, H, W) CLIP-normalised RGB -> float32 RGB values in [0, 255] (the inverse of :func:`normalise`)."""
+    mean = image.new_tensor(CLIP_MEAN)[:, None, None]
+    std = image.new_tensor(CLIP_STD)[:, None, None]
+    return image.float() * std + mean
+
+
+def rgb_uint8(image: Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(3, h, w) CLIP-normalised image -> (H, W, 3) uint8 RGB at ``size`` (bilinear, ``cv2.resize``)."""
+    rgb = denormalise(image).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+    if rgb.shape[:2] != tuple(size):
+        rgb = cv2.resize(rgb, (size[1], size[0]))
+    return rgb

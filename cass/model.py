@@ -18,7 +18,6 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,8 +27,8 @@ from torch import Tensor, nn
 from . import clip_vit, methods, text, trident
 from .backbones import VFM_SPECS, VFMSpec
 from .config import CASSConfig, ConfigError
-from .constants import CLIP_MEAN, CLIP_STD
 from .family import check_towers, get_method, requirements
+from .images import rgb_uint8
 from .pamr import pamr_within_memory
 from .stages import stage
 from .text import Vocabulary
@@ -131,12 +130,13 @@ class CASSModel(nn.Module):
         self.clip = clip.eval()
         self.method = get_method(self.config.method.name)
         self.merge = self.method.merge  # how crops become an image (cass.family.MERGES)
-        if not requirements(self.config).vfm:
+        need = requirements(self.config)
+        if not need.vfm:
             vfm = None  # never looked at: not kept, not moved, not cast
         check_towers(self.config, clip, vfm)
         self.vfm = vfm.eval() if vfm is not None else None
         self.sam_guide = None
-        if requirements(self.config).sam:
+        if need.sam:
             if sam is None:
                 raise ConfigError(f"method {self.method.name!r} with sam_aggregation={self.config.sam_aggregates} "
                                   f"and sam_refinement={self.config.sam_refines} needs SAM (sam is None)")
@@ -530,16 +530,6 @@ class CASSModel(nn.Module):
                 prediction = Prediction(*self.sam_guide.refine(prediction.probs, prediction.labels))
             predictions.append(prediction)
         return predictions
-
-
-def rgb_uint8(image: Tensor, size: tuple[int, int]) -> np.ndarray:
-    """(3, h, w) CLIP-normalised image -> (H, W, 3) uint8 RGB at ``size`` (bilinear, ``cv2.resize``)."""
-    mean = image.new_tensor(CLIP_MEAN)[:, None, None]
-    std = image.new_tensor(CLIP_STD)[:, None, None]
-    rgb = (image.float() * std + mean).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
-    if rgb.shape[:2] != tuple(size):
-        rgb = cv2.resize(rgb, (size[1], size[0]))
-    return rgb
 
 
 def _chunks(items: list, size: int) -> list[list]:

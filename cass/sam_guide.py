@@ -106,16 +106,14 @@ class SAMGuide(nn.Module):
         if self.config.sam_halves:
             half = image.shape[1] // 2
             parts = [image[:, :half], image[:, half:]]
-        for part in parts:
-            self._valid_grid(part.shape[:2], rgb.shape[:2])  # before encoding: SAM cannot resize it
+        grids = [self._valid_grid(part.shape[:2], rgb.shape[:2]) for part in parts]  # before SAM resizes them
         view = SAMView([], []) if correlation else None
         attention = self.sam.image_encoder.blocks[last_global_index(self.sam.image_encoder)].attn
         side = self.sam.image_encoder.img_size // self.patch_size
-        for part in parts if correlation else []:
+        for part, grid in zip(parts, grids) if correlation else []:
             with stage("sam"), last_global_input(self.sam.image_encoder) as seen:
                 self.predictor.set_image(np.ascontiguousarray(part))
             with stage("aggregate"):
-                grid = self._valid_grid(part.shape[:2], rgb.shape[:2])
                 attn, values = block_attention(attention, seen.pop("x"))
                 values = values.reshape(*values.shape[:2], side, side, -1)
                 attn, values = trident.crop_sam_tokens(attn, values, grid)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 from conftest import TINY_VFM, tiny_clip, tiny_dino, write_clip_state_dict, write_dino_checkpoint
 
-from cass import backbones, clip_vit, dino_input, vfm_keys, weights
+from cass import backbones, clip_vit, constants, dino_input, vfm_keys, weights
 from cass.weights import WeightsError
 
 
@@ -101,7 +101,7 @@ def test_keys_on_clip_grid_half_rounding():
 def test_dino_inputs_reference_and_plain():
     spec = backbones.VFM_SPECS["dino_vitb8"]
     pixels = torch.randint(0, 256, (1, 3, 60, 90)).float()
-    mean, std = torch.tensor(dino_input.CLIP_MEAN)[:, None, None], torch.tensor(dino_input.CLIP_STD)[:, None, None]
+    mean, std = torch.tensor(constants.CLIP_MEAN)[:, None, None], torch.tensor(constants.CLIP_STD)[:, None, None]
     crops = (pixels - mean) / std
     ref = dino_input.reference_dino_images(crops, spec)
     assert ref.shape == (1, 3, 56, 56)  # square of side min(60, 90), cropped to a multiple of 8
@@ -234,8 +234,8 @@ def test_reference_dino_input_equals_the_documented_formula():
     min-side square, cropped to a multiple of 8, ImageNet-normalised."""
     rng = np.random.default_rng(4)
     pixels = rng.integers(0, 256, (44, 60, 3)).astype(np.float32)
-    crop = (torch.from_numpy(pixels).permute(2, 0, 1) - torch.tensor(dino_input.CLIP_MEAN)[:, None, None]) \
-        / torch.tensor(dino_input.CLIP_STD)[:, None, None]
+    crop = (torch.from_numpy(pixels).permute(2, 0, 1) - torch.tensor(constants.CLIP_MEAN)[:, None, None]) \
+        / torch.tensor(constants.CLIP_STD)[:, None, None]
     spec = backbones.VFM_SPECS["dino_vitb8"]
     out = dino_input.reference_dino_images(crop[None], spec)[0]
     assert out.shape == (3, 40, 40)  # square of side 44, cropped to 40
