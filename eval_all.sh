@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# Evaluate CASS (or one of the training-free baselines) on the paper's eight
-# benchmarks, then tabulate mIoU against the published numbers.
+# Evaluate CASS (or another method of the family: any name registered in
+# cass/family.py's METHODS, the baselines and Trident included) on the paper's
+# eight benchmarks, then tabulate mIoU against the published numbers.
 #
 #   bash eval_all.sh                  # GPU 0, one benchmark after another
 #   bash eval_all.sh 0,1,2,3          # four GPUs, one benchmark per GPU at a time
 #   GPUS=0,1 bash eval_all.sh         # the same through the environment
 #   bash eval_all.sh 0,1 --pamr on    # further arguments go to every eval.py run
-#   bash eval_all.sh --method sclip   # a baseline (or METHOD=sclip): clip, maskclip, sclip,
-#                                     # clearclip, naclip, proxyclip; cass is the default
+#   bash eval_all.sh --method sclip   # another method (or METHOD=sclip): a name of cass/family.py's
+#                                     # METHODS (--help lists them); cass is the default
 #   bash eval_all.sh --method sclip --protocol cass   # with CASS's settings instead of SCLIP's
 #   bash eval_all.sh --method trident --clip ViT-H-14/laion2b_s32b_b79k   # another CLIP (its published row)
+#   bash eval_all.sh --help           # this text and the registered methods
 #
-# A baseline runs with its published settings on each benchmark (windows,
-# resize, logit scale, thresholds: configs/methods.py), or with --protocol cass
-# with the benchmark configs' settings. Per benchmark:
+# A method other than CASS runs with its published settings on each benchmark
+# (windows, resize, logit scale, thresholds: configs/methods.py), or with
+# --protocol cass with the benchmark configs' settings. Per benchmark:
 # $WORK_ROOT/cfg_<name>/{metrics.json, eval.log} (WORK_ROOT defaults to
-# work_dirs; a baseline writes to $WORK_ROOT/<method>/). At the end:
+# work_dirs; another method writes to $WORK_ROOT/<method>/). At the end:
 # summary.md and summary.csv there, with the method's published numbers.
 # Fail-fast: the first failing benchmark stops the others and the script exits 1.
 # PYTHON picks the interpreter (default: python).
@@ -31,8 +33,10 @@ method=${METHOD:-cass}
 protocol=${PROTOCOL:-published}
 clip=${CLIP:-}
 extra=()
+help=0
 while (( $# )); do
   case $1 in
+    -h|--help) help=1; shift ;;
     --method) method=${2:?--method needs a value}; shift 2 ;;
     --method=*) method=${1#--method=}; shift ;;
     --protocol) protocol=${2:?--protocol needs a value}; shift 2 ;;
@@ -46,6 +50,11 @@ set -- "${extra[@]+"${extra[@]}"}"
 IFS=, read -r -a gpu_list <<< "$gpus"
 work_root=${WORK_ROOT:-work_dirs}
 python=${PYTHON:-python}
+if (( help )); then  # the comment above, then the methods as registered (never a list written here)
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$(basename "${BASH_SOURCE[0]}")"
+  "$python" -c 'from cass.family import METHODS; print("methods:", ", ".join(METHODS))'
+  exit
+fi
 if [[ $method != cass ]]; then
   work_root=$work_root/$method
 fi

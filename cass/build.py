@@ -16,9 +16,10 @@ from torch import nn
 
 from .backbones import VFM_SPECS
 from .config import CASSConfig, ConfigError
-from .family import check_towers, requirements
+from .family import requirements
 from .model import CASSModel
 from .text import Vocabulary, VocabularyError
+from .tower_checks import check_towers
 from .weights import build_sam, build_vfm, load_clip, load_sam, load_vfm
 
 
@@ -43,7 +44,7 @@ def build_model(clip_path: str = "ViT-B/16", vfm: str = "dino_vitb8", vfm_path: 
 
     Only what the configuration needs is built (:func:`cass.family.requirements`):
     a CLIP-only method reads no VFM file. The towers are checked
-    (:func:`cass.family.check_towers`: head pairing, positional embedding)
+    (:func:`cass.tower_checks.check_towers`: head pairing, positional embedding)
     on the VFM's architecture, before its weights are read.
 
     Args:

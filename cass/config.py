@@ -10,9 +10,12 @@ keys are the only renamed ones (``precision`` -> ``precision.clip``,
 
 Defaults reproduce the released code (``docs/method.md``); the per-benchmark
 values live in ``configs/cfg_<benchmark>.py``. :class:`MethodConfig` picks a
-method of the family registered in :mod:`cass.family` (``method='sclip'``,
-...; ``docs/methods.md``); its default is CASS. What a configuration needs of
-its towers is :func:`cass.family.requirements`.
+method of the family registered in :mod:`cass.family` (any name of
+:data:`cass.family.METHODS`, ``method='sclip'``, ``method='trident'``, ...;
+``docs/methods.md``); its default is CASS. What a configuration needs of its
+towers is :func:`cass.family.requirements` (checked on the modules by
+:func:`cass.tower_checks.check_towers`). This module imports the registry;
+the registry imports nothing from :mod:`cass`.
 """
 from __future__ import annotations
 
@@ -216,20 +219,24 @@ class MethodConfig:
     The published defaults come from the method's entry in :mod:`cass.family`.
 
     Attributes:
-        name: the config key ``method``: a name of :data:`cass.family.METHODS`
-            (``'cass'``, ``'clip'``, ``'maskclip'``, ``'sclip'``, ``'clearclip'``,
-            ``'naclip'``, ``'proxyclip'``). NACLIP's sigma is ``gaussian_std``.
+        name: the config key ``method``: a name of :data:`cass.family.METHODS`,
+            the registry (the family's: ``'cass'``, ``'clip'``, ``'maskclip'``,
+            ``'sclip'``, ``'clearclip'``, ``'naclip'``, ``'proxyclip'``,
+            ``'trident'``; an unknown name is refused with the registered
+            ones). NACLIP's sigma is ``gaussian_std``.
         residual: keep the last block's residual and feed-forward network;
             None: as the method was published (the entry's ``residual``: kept by
-            clip, maskclip and sclip, dropped by clearclip and naclip). CASS and
-            ProxyCLIP have no such variant (ProxyCLIP's output lives on the VFM's grid).
+            clip, maskclip and sclip, dropped by clearclip and naclip). An entry
+            with ``residual=None`` has no such variant: CASS, and ProxyCLIP and
+            Trident, whose output lives on the VFM's grid.
         refine_text: CASS's object-presence text refinement (``global_semantics_weight``,
             ``mean_vector_weight``, ``h_threshold``); None: as published (the
             entry's ``refines_text``: CASS only; the baselines use the plain
             template-averaged text embeddings).
-        proxy_beta: ProxyCLIP's beta: similarities below ``beta`` times their
-            mean are masked out (published: 1.2).
-        proxy_gamma: ProxyCLIP's gamma, the temperature of its attention (published: 3.0).
+        proxy_beta: ProxyCLIP's (and Trident's) beta: similarities below ``beta``
+            times their mean are masked out (published: 1.2).
+        proxy_gamma: ProxyCLIP's (and Trident's) gamma, the temperature of its
+            attention (published: 3.0).
     """
 
     name: str = "cass"

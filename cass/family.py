@@ -16,7 +16,8 @@ each method is one :class:`Method` in :data:`METHODS`. An entry declares
   (:func:`cfg_options`), and its published mIoU with their source.
 
 The model (:class:`cass.model.CASSModel`) runs the shared pipeline and asks
-the entry; it names no method. This module is standard library only, so that
+the entry; it names no method. This module is standard library only and
+imports nothing from :mod:`cass` (:mod:`cass.config` imports it), so that
 ``eval_all.sh``, ``configs/methods.py`` and ``cass/summary.py`` read it
 without importing torch.
 
@@ -81,7 +82,8 @@ class Method:
             of this method uses a VFM.
         pairs_heads: the VFM's last block must have as many heads as CLIP's.
         vfm_positions: ``"any"``, or ``"absolute"`` when the VFM must have an
-            absolute positional embedding (no RoPE).
+            absolute positional embedding (no RoPE;
+            :func:`cass.tower_checks.check_absolute_positions`).
         merge: how crops become an image (:data:`MERGES`).
         sam_aggregation: SAM's correlation aggregates the image by default.
         sam_refinement: SAM refines the prediction by default.
@@ -313,44 +315,11 @@ class Requirements:
 
 def requirements(config: Any) -> Requirements:
     """What a :class:`~cass.config.CASSConfig` needs: asked by the builder before
-    any weight is read, and by the model when it is assembled."""
+    any weight is read, and by the model when it is assembled; the towers
+    themselves are checked against it by :func:`cass.tower_checks.check_towers`."""
     method = get_method(config.method.name)
     vfm = bool(method.needs_vfm(config))
     return Requirements(vfm=vfm, paired_heads=vfm and method.pairs_heads,
                         vfm_positions=method.vfm_positions if vfm else "any",
                         sam=config.sam_aggregates or config.sam_refines)
 
-
-def check_towers(config: Any, clip: Any, vfm: Any | None, vfm_name: str | None = None) -> None:
-    """One-line :class:`~cass.config.ConfigError` unless the towers are what ``config`` needs.
-
-    Args:
-        clip: open_clip ``CLIP``.
-        vfm: timm ViT (its architecture is enough: no weights need to be read), or None.
-        vfm_name: the VFM's name in :data:`cass.backbones.VFM_SPECS`, for the messages.
-    """
-    from .config import ConfigError
-
-    need = requirements(config)
-    method = config.method.name
-    what = f"method {method!r}" if method != "cass" else f"attn_strategy {config.spectral.attn_strategy!r}"
-    called = f"vfm {vfm_name!r}" if vfm_name else "the VFM"
-    if not need.vfm:
-        return
-    if vfm is None:
-        raise ConfigError(f"{what} needs a VFM (vfm is None)")
-    if need.vfm_positions == "absolute" and getattr(vfm, "rope", None) is not None:
-        raise ConfigError(f"method {method!r} needs a VFM with an absolute positional embedding "
-                          f"(DINO, DINOv2), not a rotary one (DINOv3): {called}")
-    if need.paired_heads:
-        clip_heads = clip.visual.transformer.resblocks[-1].attn.num_heads
-        vfm_heads = vfm.blocks[-1].attn.num_heads
-        if clip_heads != vfm_heads:
-            from .backbones import vfms_with_heads
-            from .weights import head_pairings
-
-            fits = ", ".join(vfms_with_heads(clip_heads)) or "none"
-            works = "; ".join(f"CLIP {arch} with {', '.join(vfms)}" for arch, vfms in head_pairings().items())
-            raise ConfigError(f"CLIP's last block has {clip_heads} heads and {called} {vfm_heads}: method "
-                              f"{method!r} pairs heads one to one (public VFMs with {clip_heads} heads: {fits}; "
-                              f"combinations that work: {works}; docs/backbones.md)")

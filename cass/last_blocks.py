@@ -159,7 +159,8 @@ def trident_features(model, crops: Tensor, tokens: Tensor, grid: Grid) -> tuple[
     """Trident: ProxyCLIP's block over the VFM with one mean for all the windows of an image.
 
     ``crops`` are all the windows of one image. CLIP's values are resized to
-    the VFM's grid and mixed by :func:`cass.trident.crops_proxy_attention`;
+    the VFM's grid and mixed by :func:`cass.methods.proxy_attention` with one
+    mean over all the windows (``mean_dims=(-3, -2, -1)``);
     the out-projection follows, no residual, no feed-forward network, and
     neither ``ln_post`` nor ``proj``: the model splices these features into the
     image's grid first (``merge='features'``).
@@ -177,7 +178,7 @@ def trident_features(model, crops: Tensor, tokens: Tensor, grid: Grid) -> tuple[
         images = plain_dino_images(crops, replace(model.vfm_spec, fixed_size=None))  # the crop as it is
         vfm_feats, vfm_grid = methods.vfm_last_features(model.vfm, images)
     with stage("spectral"):
-        attn = trident.crops_proxy_attention(vfm_feats[None], cfg.proxy_beta, cfg.proxy_gamma)[0]
+        attn = methods.proxy_attention(vfm_feats, cfg.proxy_beta, cfg.proxy_gamma, mean_dims=(-3, -2, -1))
     with stage("clip"), model.tf32("clip"):
         values = methods.values_on_grid(v[:, :, 1:], grid, vfm_grid)
         x = block.attn.out_proj(methods.attend(attn[:, None], values).transpose(1, 2).flatten(2))  # (K, M, D)

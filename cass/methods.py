@@ -22,7 +22,8 @@ Notation: ``T = P + N`` tokens (``P`` prefix tokens: CLIP's CLS, ``N`` patches),
   last-layer patch features ``f`` give the attention of every head,
   ``S = f f^T``, ``A = softmax(gamma (S - beta mean(S)))`` with the negative
   entries masked out, over CLIP's values resized to the VFM grid; no residual,
-  no FFN.
+  no FFN. Trident's block (Shi et al., ICCV 2025) is the same attention with
+  one mean over all the crops of an image (:func:`proxy_attention`'s ``mean_dims``).
 
 The attention of the first five methods covers CLIP's CLS token (the
 references run the block on all ``T`` tokens); CASS's covers the patches only
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .tower_checks import check_absolute_positions
 from .vfm_keys import embed_tokens
 
 
@@ -109,25 +111,32 @@ def with_prefix(patch_bias: Tensor, num_prefix: int = 1) -> Tensor:
     return F.pad(patch_bias, (num_prefix, 0, num_prefix, 0))
 
 
-def proxy_attention(vfm_feats: Tensor, beta: float = 1.2, gamma: float = 3.0) -> Tensor:
-    """ProxyCLIP's proxy attention from VFM patch features.
+def proxy_attention(vfm_feats: Tensor, beta: float = 1.2, gamma: float = 3.0,
+                    mean_dims: tuple[int, ...] = (-2, -1)) -> Tensor:
+    """ProxyCLIP's proxy attention from VFM patch features (ProxyCLIP's and Trident's).
 
     ``f`` = L2-normalised features, ``S = f f^T``,
     ``L = gamma (S - beta mean(S))`` with entries ``L < 0`` set to ``-inf``,
-    ``A = softmax(L)`` over the last axis. The mean is over each image's whole
-    ``M x M`` matrix (the reference takes it over its batch of one crop). A
-    row left without any entry (possible only when ``beta mean(S) >= 1``, e.g.
-    a constant image, where the reference gives NaN) keeps its own token.
+    ``A = softmax(L)`` over the last axis. The mean is over ``mean_dims`` of
+    ``S``: by default each image's whole ``M x M`` matrix (ProxyCLIP: the
+    reference takes it over its batch of one crop); ``(-3, -2, -1)`` over
+    every crop of a stack, one mean shared by them (Trident's
+    ``VisionTransformer.custom_attn`` runs all the crops of an image as one
+    batch and takes ``torch.mean`` of the whole (K, M, M) similarity). A row
+    left without any entry (possible only when ``beta mean(S) >= 1``, e.g. a
+    constant image, where the reference gives NaN) keeps its own token.
 
     Args:
-        vfm_feats: (B, M, C) VFM patch features.
+        vfm_feats: (..., M, C) VFM patch features: (B, M, C) images or crops,
+            (K, M, C) the crops of one image, (B, K, M, C) per image its crops.
+        mean_dims: the axes of the (..., M, M) similarity the mean runs over.
 
     Returns:
-        (B, M, M) float32 row-stochastic attention, shared by all heads.
+        (..., M, M) float32 row-stochastic attention, shared by all heads.
     """
     f = F.normalize(vfm_feats.float(), dim=-1)
     sim = f @ f.transpose(-1, -2)
-    logits = (sim - sim.mean(dim=(-2, -1), keepdim=True) * beta) * gamma
+    logits = (sim - sim.mean(dim=mean_dims, keepdim=True) * beta) * gamma
     masked = logits.masked_fill(logits < 0, -torch.inf)
     empty = torch.isinf(masked).all(-1, keepdim=True)
     eye = torch.eye(sim.shape[-1], dtype=torch.bool, device=sim.device)
@@ -196,15 +205,14 @@ def vfm_last_features(model: nn.Module, images: Tensor) -> tuple[Tensor, tuple[i
     own interpolation).
 
     Args:
-        model: timm ``VisionTransformer`` with an absolute positional embedding.
+        model: timm ``VisionTransformer`` with an absolute positional embedding
+            (a rotary one is a one-line :class:`~cass.config.ConfigError`).
         images: (B, 3, S_h, S_w) ImageNet-normalised, sides multiples of the patch.
 
     Returns:
         (B, n, C) features and the patch grid (h, w).
     """
-    if getattr(model, "rope", None) is not None:
-        raise ValueError("proxyclip supports VFMs with an absolute positional embedding (DINO, DINOv2), "
-                         "not rotary ones (DINOv3)")
+    check_absolute_positions(model, "vfm_last_features")
     x, grid = embed_tokens(model, images)
     x = model.norm_pre(x)
     for block in model.blocks:

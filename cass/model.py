@@ -27,11 +27,13 @@ from torch import Tensor, nn
 from . import clip_vit, methods, text, trident
 from .backbones import VFM_SPECS, VFMSpec
 from .config import CASSConfig, ConfigError
-from .family import check_towers, get_method, requirements
+from .family import get_method, requirements
 from .images import rgb_uint8
 from .pamr import pamr_within_memory
 from .stages import stage
 from .text import Vocabulary
+from .tower_checks import check_towers
+from .trident import slide_windows  # mmseg's windows; exported here as cass.slide_windows
 
 logger = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -51,19 +53,6 @@ class Prediction(NamedTuple):
 
     probs: Tensor
     labels: Tensor
-
-
-def slide_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """mmseg's sliding-window boxes (y1, x1, y2, x2): last window aligned to the border."""
-    def starts(size: int) -> list[tuple[int, int]]:
-        count = max(size - crop + stride - 1, 0) // stride + 1
-        out = []
-        for i in range(count):
-            end = min(i * stride + crop, size)
-            out.append((max(end - crop, 0), end))
-        return out
-
-    return [(y1, x1, y2, x2) for y1, y2 in starts(height) for x1, x2 in starts(width)]
 
 
 def image_boxes(height: int, width: int, cfg: CASSConfig) -> list[tuple[int, int, int, int]]:

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
@@ -88,6 +89,38 @@ def random_sam(kind: str = "vit_b", tiny: bool = False, seed: int = 0) -> nn.Mod
             elif name.endswith(("attn.rel_pos_h", "attn.rel_pos_w")):
                 param.normal_(std=0.2)
     return model
+
+
+def lively_iou_head(sam: nn.Module, rgb: np.ndarray, center: float = 0.8, spread: float = 0.05, prompts: int = 64,
+                    seed: int = 0) -> None:
+    """Make random SAM weights predict IoUs around ``center``, so that a threshold there keeps some
+    masks and rejects others (random weights predict IoUs near 0, below any sensible threshold).
+
+    The last layer of the IoU head is rescaled and its bias set, in place, so that on ``prompts``
+    random box + point + mask prompts over ``rgb`` the predicted IoUs have median ``center`` and
+    half their interquartile range ``spread``. Only that layer changes: SAM's masks are those of
+    the random weights.
+    """
+    from segment_anything import SamPredictor
+
+    predictor = SamPredictor(sam.eval())
+    predictor.set_image(np.ascontiguousarray(rgb))
+    h, w = rgb.shape[:2]
+    g = torch.Generator().manual_seed(seed)
+    corners = torch.rand(prompts, 2, 2, generator=g) * torch.tensor([w, h])
+    boxes = torch.cat([corners.amin(1), corners.amax(1)], dim=1)
+    points = boxes[:, None, :2] + torch.rand(prompts, 1, 2, generator=g) * (boxes[:, None, 2:] - boxes[:, None, :2])
+    mask = 0.005 * torch.rand(1, 256, 256, generator=g)  # unbatched, as Trident passes its mask prompt
+    last = sam.mask_decoder.iou_prediction_head.layers[-1]
+    with torch.no_grad():
+        last.bias.zero_()
+        raw = predictor.predict_torch(predictor.transform.apply_coords_torch(points, (h, w)),
+                                      torch.ones(prompts, 1), predictor.transform.apply_boxes_torch(boxes, (h, w)),
+                                      mask, multimask_output=False)[1].reshape(-1)
+        low, mid, high = torch.quantile(raw, torch.tensor([0.25, 0.5, 0.75])).tolist()
+        scale = 2 * spread / (high - low)
+        last.weight.mul_(scale)
+        last.bias.fill_(center - scale * mid)
 
 
 def write_sam(path: str | Path, kind: str = "vit_b", tiny: bool = False, seed: int = 0) -> Path:

@@ -179,9 +179,9 @@ class SAMGuide(nn.Module):
         num_classes = probs.shape[0]
         with stage("refine"):
             small_labels, small_probs = trident.refinement_inputs(labels, probs, cfg.coarse_thresh)
-            # released quirk: without a coarse threshold the last class makes no region (split_last)
-            classes = num_classes if cfg.coarse_thresh > 0 else num_classes - 1
-            regions = trident.region_prompts(small_labels.cpu().numpy(), small_probs.cpu().numpy(), classes,
+            # Every class makes regions, with or without a coarse threshold: the release's ``split_last``
+            # skips only its extra "below the threshold" channel (its docstring says otherwise; its code rules)
+            regions = trident.region_prompts(small_labels.cpu().numpy(), small_probs.cpu().numpy(), num_classes,
                                              cfg.coarse_thresh, cfg.minimal_area)
             small = tuple(small_labels.shape)
             device = predictor.device

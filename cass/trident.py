@@ -48,16 +48,43 @@ def preprocess_size(height: int, width: int, stride: int = 16, crop: int = 336) 
     return max(new_h, crop), max(new_w, crop)
 
 
+def _slide_spans(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    """mmseg's windows along one side: ``(start, end)`` pixels, the last one shifted back to end at the border."""
+    count = max(size - crop + stride - 1, 0) // stride + 1
+    spans = []
+    for i in range(count):
+        end = min(i * stride + crop, size)
+        spans.append((max(end - crop, 0), end))
+    return spans
+
+
+def slide_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """mmseg's sliding-window boxes ``(y1, x1, y2, x2)`` in pixels, row-major: the windows of every method.
+
+    ``1 + ceil(max(side - crop, 0) / stride)`` windows per side, the last one
+    shifted back to end at the border; a side shorter than ``crop`` gives one
+    window of that side's length. The logit-merging methods average their
+    crops' logits over these windows (:class:`cass.model.CASSModel`, which
+    exports this function as ``cass.model.slide_windows``); Trident splices
+    its crops' features over them in tokens (:func:`sliding_windows`).
+
+    Returns:
+        ``rows * cols`` boxes (``y2``, ``x2`` exclusive).
+    """
+    return [(y1, x1, y2, x2) for y1, y2 in _slide_spans(height, crop, stride)
+            for x1, x2 in _slide_spans(width, crop, stride)]
+
+
 def sliding_windows(height: int, width: int, crop: int = 336, stride: int = 224,
                     patch: int = 16) -> tuple[Tensor, tuple[int, int]]:
     """Crop windows of ``Trident.get_windowed_imgs`` in token coordinates, row-major.
 
-    mmseg's slide grid: ``1 + ceil(max(side - crop, 0) / stride)`` windows per
-    side, the last one shifted back to end at the border. The released code
-    asserts every window edge is a multiple of ``patch``; so does this
-    (``ValueError``). A side shorter than ``crop`` gives one window of that
-    side's length (the released code then pads the crop, which its splicing
-    cannot take back; :func:`splice_crops` takes windows as given).
+    The windows of :func:`slide_windows` (mmseg's slide grid), divided by
+    ``patch``. The released code asserts every window edge is a multiple of
+    ``patch``; so does this (``ValueError``). A side shorter than ``crop``
+    gives one window of that side's length (the released code then pads the
+    crop, which its splicing cannot take back; :func:`splice_crops` takes
+    windows as given).
 
     Args:
         height, width: image size after :func:`preprocess_size`, pixels.
@@ -66,18 +93,13 @@ def sliding_windows(height: int, width: int, crop: int = 336, stride: int = 224,
         (K, 4) long windows ``(y1, x1, y2, x2)`` in tokens (``y2``, ``x2``
         exclusive), and the window grid ``(rows, cols)``, ``K = rows cols``.
     """
-    rows = max(height - crop + stride - 1, 0) // stride + 1
-    cols = max(width - crop + stride - 1, 0) // stride + 1
-    windows = []
-    for r in range(rows):
-        for c in range(cols):
-            y2, x2 = min(r * stride + crop, height), min(c * stride + crop, width)
-            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
-            if any(e % patch for e in (y1, x1, y2, x2)):
-                raise ValueError(f"window {(y1, x1, y2, x2)} of a {height}x{width} image is not on the "
-                                 f"{patch}-pixel token grid")
-            windows.append((y1 // patch, x1 // patch, y2 // patch, x2 // patch))
-    return torch.tensor(windows, dtype=torch.long), (rows, cols)
+    boxes = slide_windows(height, width, crop, stride)
+    off_grid = [box for box in boxes if any(e % patch for e in box)]
+    if off_grid:
+        raise ValueError(f"window {off_grid[0]} of a {height}x{width} image is not on the "
+                         f"{patch}-pixel token grid")
+    grid = (len(_slide_spans(height, crop, stride)), len(_slide_spans(width, crop, stride)))
+    return torch.tensor(boxes, dtype=torch.long) // patch, grid
 
 
 def crop_grid_scale(crop_feats: Tensor, clip_grid: tuple[int, int]) -> tuple[Tensor, int]:
@@ -103,33 +125,6 @@ def crop_grid_scale(crop_feats: Tensor, clip_grid: tuple[int, int]) -> tuple[Ten
     flat = crop_feats.reshape(-1, *crop_feats.shape[-3:]).float()
     out = F.interpolate(flat, size=(h * ratio, w * ratio), mode="bilinear", align_corners=False)
     return out.to(crop_feats.dtype).reshape(*crop_feats.shape[:-2], h * ratio, w * ratio), ratio
-
-
-def crops_proxy_attention(vfm_feats: Tensor, beta: float = 1.2, gamma: float = 3.0) -> Tensor:
-    """ProxyCLIP's attention over the crops of one image, with one mean for all of them.
-
-    Trident's ``VisionTransformer.custom_attn`` runs every crop of an image as
-    one batch and takes ``torch.mean`` of the whole (K, M, M) similarity: the
-    mean that shifts the logits is shared by the image's crops, unlike
-    :func:`cass.methods.proxy_attention` (one mean per crop). Otherwise the
-    same: ``f`` L2-normalised, ``S = f f^T``, ``L = gamma (S - beta mean(S))``,
-    ``L < 0`` masked, softmax; a row left empty (the reference's NaN) keeps
-    its own token.
-
-    Args:
-        vfm_feats: (B, K, M, C) VFM patch features of each image's ``K`` crops.
-
-    Returns:
-        (B, K, M, M) float32 row-stochastic attention, shared by CLIP's heads.
-    """
-    f = F.normalize(vfm_feats.float(), dim=-1)
-    sim = f @ f.transpose(-1, -2)
-    logits = (sim - sim.mean(dim=(1, 2, 3), keepdim=True) * beta) * gamma
-    masked = logits.masked_fill(logits < 0, -torch.inf)
-    empty = torch.isinf(masked).all(-1, keepdim=True)
-    eye = torch.eye(sim.shape[-1], dtype=torch.bool, device=sim.device)
-    masked = torch.where(empty & eye, torch.zeros_like(masked), masked)
-    return masked.softmax(-1)
 
 
 def splice_crops(crop_feats: Tensor, windows: Tensor, grid: tuple[int, int], ratio: int = 1) -> Tensor:

@@ -204,6 +204,13 @@ for family, config in spec["families"].items():
     start = time.perf_counter()
     model = trident.Trident(**keys).eval()
     print(f"released: {family} built in {time.perf_counter() - start:.0f} s", flush=True)
+    calls = []
+    _predict = model.sam_predictor.predict_torch
+    def recording_predict(*args, **kwargs):
+        out = _predict(*args, **kwargs)
+        calls.append({**{k: v for k, v in kwargs.items() if torch.is_tensor(v)}, "iou": out[1], "low_res": out[2]})
+        return out
+    model.sam_predictor.predict_torch = recording_predict
     for name in spec["photos"]:
         data = np.load(f"{spec['out']}/input_{family}_{name}.npz")
         IMAGES[f"memory:{name}"] = data["bgr"]
@@ -211,9 +218,11 @@ for family, config in spec["families"].items():
         meta = dict(ori_shape=tuple(data["bgr"].shape[:2]), img_shape=tuple(image.shape[-2:]),
                     img_path=f"memory:{name}")
         start = time.perf_counter()
+        calls.clear()
         sample = model.predict(image, [SegDataSample(metainfo=meta)])[0]
         np.savez(f"{spec['out']}/released_{family}_{name}.npz", probs=sample.seg_logits.data.float().numpy(),
-                 labels=sample.pred_sem_seg.data[0].numpy())
+                 labels=sample.pred_sem_seg.data[0].numpy(),
+                 **{f"prompt{i}_{k}": v.float().numpy() for i, call in enumerate(calls) for k, v in call.items()})
         print(f"released: {family} {name} done in {time.perf_counter() - start:.0f} s", flush=True)
 """
 
@@ -274,25 +283,69 @@ def run_ours(clip_file: Path, vfm_file: Path, sam_file: Path, family: str, photo
     segmenter = Segmenter(config=REPO / "configs" / f"{config}.py", cfg_options=options,
                           clip_path=str(clip_file), vfm_path=str(vfm_file), sam_path=str(sam_file),
                           precision="fp32", vfm="dino_vitb16", text_cache_dir=False)
+    calls = []
+    predictor = segmenter.model.sam_guide.predictor
+    predict = predictor.predict_torch
+
+    def recording_predict(*args, **kwargs):  # the decoder's inputs and outputs, per class of regions
+        result = predict(*args, **kwargs)
+        calls.append({**{k: v for k, v in kwargs.items() if torch.is_tensor(v)}, "iou": result[1],
+                      "low_res": result[2]})
+        return result
+
+    predictor.predict_torch = recording_predict
     out = {}
     for name in photos:
         data = np.load(work / f"input_{family}_{name}.npz")
+        calls.clear()
         result = segmenter.segment_loaded([data["bgr"]], [torch.from_numpy(data["input"])])[0]
-        out[name] = dict(probs=result.probs, labels=result.labels)
+        out[name] = dict(probs=result.probs, labels=result.labels,
+                         **{f"prompt{i}_{k}": v.float().cpu().numpy() for i, call in enumerate(calls)
+                            for k, v in call.items()})
     return out, tuple(segmenter.scale)
+
+
+def prompt_calls(saved: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """The recorded ``predict_torch`` calls (one per class with regions) of a saved result, in order."""
+    calls: dict[int, dict[str, np.ndarray]] = {}
+    for key, value in saved.items():
+        if key.startswith("prompt"):
+            index, _, name = key.removeprefix("prompt").partition("_")
+            calls.setdefault(int(index), {})[name] = value
+    return [calls[i] for i in sorted(calls)]
+
+
+def prompt_agreement(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray], iou_thresh: float) -> dict:
+    """Per SAM prompt, this code's decoder against the release's: the prompts (points, boxes, mask
+    prompt), the predicted IoUs and the low-resolution mask logits, and how many masks each side kept."""
+    mine, released = prompt_calls(ours), prompt_calls(theirs)
+    row = dict(prompt_calls=len(released), prompts=int(sum(c["iou"].size for c in released)),
+               kept=int(sum((c["iou"] > iou_thresh).sum() for c in released)),
+               kept_here=int(sum((c["iou"] > iou_thresh).sum() for c in mine)))
+    if [c["iou"].shape for c in mine] != [c["iou"].shape for c in released]:
+        return dict(row, same_prompts=False)
+
+    def largest(key: str) -> float:
+        return max((float(np.abs(a[key] - b[key]).max()) for a, b in zip(mine, released) if a[key].size), default=0.0)
+
+    return dict(row, same_prompts=True, max_prompt_diff=max(largest(k) for k in ("point_coords", "boxes", "mask_input")),
+                max_iou_diff=largest("iou"), max_mask_logit_diff=largest("low_res"))
 
 
 def compare(checkout: Path, dino: Path, families: Sequence[str], photos: Sequence[str], work: Path,
             threads: int = 1, released_only: bool = False, timeout: int = 7200, settings: dict | None = None,
-            log=print) -> list[dict]:
+            iou_center: float | None = None, log=print) -> list[dict]:
     """Every (family, photo) case: agreement of this code with the release (``released_only``:
     run the release alone, rows without agreement). ``settings``: model keys set on both
-    sides (named alike on both: ``prob_thd``, ``coarse_thresh``, ``sam_iou_thresh``, ...)."""
+    sides (named alike on both: ``prob_thd``, ``coarse_thresh``, ``sam_iou_thresh``, ...).
+    ``iou_center``: SAM's IoU head made to predict around it (:func:`lively_iou_head`)."""
     import torch
 
     from cass.backbones import CLIP_SPECS, SAM_SPECS, VFM_SPECS
+    from cass.config import SAMConfig
+    from cass.family import cfg_options
     from cass.images import as_bgr_uint8
-    from cass.random_weights import write_clip, write_dino, write_sam
+    from cass.random_weights import lively_iou_head, random_sam, write_clip, write_dino
 
     torch.set_num_threads(threads)
     checkout, work = checkout.resolve(), work.resolve()  # the released code runs in another folder
@@ -301,7 +354,12 @@ def compare(checkout: Path, dino: Path, families: Sequence[str], photos: Sequenc
     clip_file = write_clip(work / CLIP_SPECS["ViT-B/16"].release_file)
     # hub's download of DINO ViT-B/16 is a plain state dict (hubconf loads it strictly into the backbone)
     vfm_file = write_dino(work / VFM_SPECS["dino_vitb16"].release_file, vfm="dino_vitb16")
-    sam_file = write_sam(work / SAM_SPECS["vit_b"].release_file, "vit_b")
+    sam = random_sam("vit_b")
+    if iou_center is not None:
+        lively_iou_head(sam, photo(photos[0]), iou_center)
+    sam_file = work / SAM_SPECS["vit_b"].release_file
+    torch.save(sam.state_dict(), sam_file)  # the release's layout (cass.random_weights.write_sam)
+    del sam
     prepare_hub(dino.resolve(), work / "torch_home", vfm_file)
     scales = {}
     for family in families:
@@ -327,8 +385,11 @@ def compare(checkout: Path, dino: Path, families: Sequence[str], photos: Sequenc
         if tuple(our_scale) != tuple(scales[family]):
             log(f"note: {family}: this code's Segmenter would resize to {our_scale}, the release to "
                 f"{scales[family]} (both got the release's input here)")
+        published = {k.removeprefix("model."): v for k, v in parse_options(cfg_options("trident", FAMILIES[family])).items()}
+        thresh = {**published, **(settings or {})}.get("sam_iou_thresh", SAMConfig.sam_iou_thresh)
         for name in photos:
-            rows.append(dict(family=family, photo=name, **agreement(ours[name], theirs[name])))
+            rows.append(dict(family=family, photo=name, **agreement(ours[name], theirs[name]),
+                             **prompt_agreement(ours[name], theirs[name], thresh)))
     return rows
 
 
@@ -337,10 +398,17 @@ def format_table(rows: list[dict]) -> str:
         lines = ["| config family | photo | released labels present |", "|---|---|---|"]
         lines += [f"| {r['family']} | {r['photo']} | {r['labels']} |" for r in rows]
         return "\n".join(lines)
-    lines = ["| config family | photo | labels equal | max prob. diff | pixels with a prob. diff > 1e-3 |",
-             "|---|---|---|---|---|"]
+    lines = ["| config family | photo | SAM masks kept / prompted (here) | same prompts | max IoU diff "
+             "| max mask-logit diff | labels equal | max prob. diff | pixels with a prob. diff > 1e-3 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['family']} | {r['photo']} | {100 * r['label_agreement']:.2f}% | {r['max_prob_diff']:.1e} "
+        if r.get("same_prompts"):
+            decoder = (f"yes ({r['max_prompt_diff']:.1e}) | {r['max_iou_diff']:.1e} "
+                       f"| {r['max_mask_logit_diff']:.1e}")
+        else:
+            decoder = "no | — | —"
+        lines.append(f"| {r['family']} | {r['photo']} | {r['kept']} / {r['prompts']} ({r['kept_here']}) "
+                     f"| {decoder} | {100 * r['label_agreement']:.3f}% | {r['max_prob_diff']:.1e} "
                      f"| {100 * r['prob_diff_share']:.4f}% |")
     return "\n".join(lines)
 
@@ -359,6 +427,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="settings",
                         help="model keys set on both sides, e.g. prob_thd=0 coarse_thresh=0.03 (random weights "
                              "give near-uniform class scores, below the published thresholds)")
+    parser.add_argument("--iou-center", type=float, default=0.8,
+                        help="SAM's random IoU head rescaled to predict around this value, so that the published "
+                             "threshold (0.8) keeps some masks and rejects others (default: %(default)s)")
+    parser.add_argument("--plain-sam", action="store_true",
+                        help="SAM's random weights as they are (every mask rejected at the published threshold)")
     parser.add_argument("--released-only", action="store_true", help="run the released code alone")
     parser.add_argument("--timeout", type=int, default=7200,
                         help="seconds for the released code (default: %(default)s)")
@@ -377,7 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     return run_comparison("compare_trident.py", lambda work: compare(
         args.released, args.dino, args.families, args.photos, work, threads=args.threads,
-        released_only=args.released_only, timeout=args.timeout, settings=args.settings),
+        released_only=args.released_only, timeout=args.timeout, settings=args.settings,
+        iou_center=None if args.plain_sam else args.iou_center),
         format_table, args.keep, args.json, argv)
 
 if __name__ == "__main__":

@@ -22,16 +22,24 @@ def _outputs_script():
 
 # ---------------------------------------------------------------- outputs unchanged
 @pytest.mark.parametrize("method", list(_outputs_script().METHODS))
-def test_outputs_equal_the_stored_ones_bit_for_bit(method):
+def test_outputs_equal_the_stored_ones(method):
     """Probabilities and labels of every method, slide and whole image, equal those saved before the
-    methods became registered parts (tests/data/make_method_outputs.py, commit b66ad92)."""
+    methods became registered parts (tests/data/make_method_outputs.py, commit b66ad92).
+
+    Equal to float32 rounding, not bit for bit: the saved file was written on another CPU, and
+    another instruction set (AVX2, AVX-512) sums in another order (about 6e-6 apart). Labels must
+    be equal wherever the saved top two classes are not within that rounding of each other. A
+    refactor is checked bit for bit by running the script before and after on one machine.
+    """
     script = _outputs_script()
     stored = torch.load(script.OUTPUTS)
     current = script.outputs((method,))
     for setting in script.SETTINGS:
         name = f"{method}/{setting}"
-        assert torch.equal(current[name]["probs"], stored[name]["probs"]), name
-        assert torch.equal(current[name]["labels"], stored[name]["labels"]), name
+        torch.testing.assert_close(current[name]["probs"], stored[name]["probs"], rtol=0, atol=5e-5, msg=name)
+        top2 = stored[name]["probs"].topk(2, dim=0).values
+        decided = top2[0] - top2[1] > 1e-4
+        assert torch.equal(current[name]["labels"][decided], stored[name]["labels"][decided]), name
 
 
 # ---------------------------------------------------------------- what a configuration needs
@@ -44,6 +52,23 @@ def test_outputs_equal_the_stored_ones_bit_for_bit(method):
     (dict(method="proxyclip"), Requirements(vfm=True, paired_heads=False, vfm_positions="absolute")),
     (dict(method="proxyclip", attn_strategy="vanilla"), Requirements(vfm=True, paired_heads=False,
                                                                      vfm_positions="absolute")),
+    # Trident: a VFM with absolute positions, no head pairing (attn_strategy is CASS's), and SAM for either
+    # of its helps, both on as published; only both off needs no SAM
+    *[(dict(method="trident", **extra), Requirements(vfm=True, paired_heads=False, vfm_positions="absolute", sam=True))
+      for extra in (dict(), dict(sam_aggregation=False), dict(sam_refinement=False), dict(attn_strategy="vanilla"))],
+    (dict(method="trident", sam_aggregation=False, sam_refinement=False),
+     Requirements(vfm=True, paired_heads=False, vfm_positions="absolute", sam=False)),
+    # any other method needs SAM when either help is switched on, and the towers it needs without it
+    (dict(sam_aggregation=True), Requirements(vfm=True, paired_heads=True, vfm_positions="any", sam=True)),
+    (dict(sam_refinement=True), Requirements(vfm=True, paired_heads=True, vfm_positions="any", sam=True)),
+    (dict(sam_aggregation=False, sam_refinement=False),
+     Requirements(vfm=True, paired_heads=True, vfm_positions="any", sam=False)),
+    (dict(attn_strategy="vanilla", sam_refinement=True),
+     Requirements(vfm=False, paired_heads=False, vfm_positions="any", sam=True)),
+    (dict(method="sclip", sam_aggregation=True),
+     Requirements(vfm=False, paired_heads=False, vfm_positions="any", sam=True)),
+    (dict(method="proxyclip", sam_refinement=True),
+     Requirements(vfm=True, paired_heads=False, vfm_positions="absolute", sam=True)),
 ])
 def test_requirements(keys, want):
     assert requirements(CASSConfig.from_keys(keys)) == want

@@ -190,6 +190,45 @@ def test_proxy_attention_against_row_formula():
     torch.testing.assert_close(flat[0], torch.eye(5))
 
 
+def _replaced_proxy_attention(feats, beta, gamma, dims):
+    """The formula of the two functions ``proxy_attention`` replaced (ProxyCLIP's, Trident's per-image crops)."""
+    f = F.normalize(feats.float(), dim=-1)
+    sim = f @ f.transpose(-1, -2)
+    logits = (sim - sim.mean(dim=dims, keepdim=True) * beta) * gamma
+    masked = logits.masked_fill(logits < 0, -torch.inf)
+    empty = torch.isinf(masked).all(-1, keepdim=True)
+    eye = torch.eye(sim.shape[-1], dtype=torch.bool, device=sim.device)
+    return torch.where(empty & eye, torch.zeros_like(masked), masked).softmax(-1)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_proxy_attention_mean_per_crop_or_shared_by_the_crops(shared):
+    """``mean_dims=(-2, -1)``: each crop's own mean (ProxyCLIP); ``(-3, -2, -1)``: one mean over the crops of an
+    image (Trident), against a loop over the crops; and bit for bit the former two functions as they were
+    called (Trident's on a batch of one image, mean over its axes 1, 2, 3)."""
+    g = torch.Generator().manual_seed(21)
+    feats = torch.randn(3, 7, 5, generator=g) + torch.arange(3.0)[:, None, None]  # 3 crops, unlike means
+    beta, gamma = 0.9, 2.5
+    mean_dims = (-3, -2, -1) if shared else (-2, -1)
+    got = methods.proxy_attention(feats, beta, gamma, mean_dims=mean_dims)
+    assert got.shape == (3, 7, 7)
+    sims = [(f / f.norm(dim=-1, keepdim=True)) @ (f / f.norm(dim=-1, keepdim=True)).T for f in feats]
+    shared_mean = sum(float(s.sum()) for s in sims) / (3 * 49)
+    for k, sim in enumerate(sims):
+        mean = shared_mean if shared else float(sim.mean())
+        for i in range(7):
+            logits = (sim[i] - mean * beta) * gamma
+            keep = logits >= 0
+            row = torch.zeros(7)
+            row[keep] = torch.exp(logits[keep]) / torch.exp(logits[keep]).sum()
+            torch.testing.assert_close(got[k, i], row)
+    other = methods.proxy_attention(feats, beta, gamma, mean_dims=(-2, -1) if shared else (-3, -2, -1))
+    assert not torch.allclose(got, other)  # the two means differ
+    want = (_replaced_proxy_attention(feats[None], beta, gamma, (1, 2, 3))[0] if shared
+            else _replaced_proxy_attention(feats, beta, gamma, (-2, -1)))
+    assert torch.equal(got, want)
+
+
 def test_values_on_grid_is_a_bilinear_resize_per_head():
     g = torch.Generator().manual_seed(4)
     v = torch.randn(2, 3, 12, 5, generator=g)

@@ -41,6 +41,32 @@ def test_sliding_windows_stride_112_and_small_images():
         trident.sliding_windows(448, 672, crop=336, stride=224, patch=10)
 
 
+def test_sliding_windows_are_the_models_windows_in_tokens():
+    """One formula: every method's windows (``cass.model.slide_windows``) are mmseg's scheme written out
+    (the former two copies), and Trident's are them divided by the patch, or refused off the token grid."""
+    from cass import model
+
+    assert model.slide_windows is trident.slide_windows
+    for crop, stride in [(336, 224), (336, 112), (224, 112), (96, 64), (64, 32)]:
+        for h in (16, 64, 100, 224, 320, 336, 448, 500, 688):
+            for w in (32, 96, 336, 410, 576, 1008):
+                rows = max(h - crop + stride - 1, 0) // stride + 1
+                cols = max(w - crop + stride - 1, 0) // stride + 1
+                want = []
+                for r in range(rows):
+                    for c in range(cols):
+                        y2, x2 = min(r * stride + crop, h), min(c * stride + crop, w)
+                        want.append((max(y2 - crop, 0), max(x2 - crop, 0), y2, x2))
+                assert trident.slide_windows(h, w, crop, stride) == want
+                if any(e % 16 for box in want for e in box):
+                    with pytest.raises(ValueError, match="token grid"):
+                        trident.sliding_windows(h, w, crop, stride, 16)
+                    continue
+                windows, grid = trident.sliding_windows(h, w, crop, stride, 16)
+                assert grid == (rows, cols) and windows.dtype == torch.long
+                assert windows.tolist() == [[e // 16 for e in box] for box in want]
+
+
 def direct_splice(crop_feats, windows, grid, ratio):
     """Per image, channel and pixel: the mean over the crops covering the pixel."""
     b, k, c = crop_feats.shape[:3]
@@ -234,15 +260,47 @@ def test_aggregate_resizes_then_mixes():
 
 
 def test_pipeline_shapes_end_to_end():
-    """Crops -> spliced grid -> SAM grid -> mixed tokens, as the released forward chains them."""
+    """Crops -> spliced grid -> SAM grid -> mixed tokens, as the released forward chains them, against a
+    per-token re-statement: each cell the mean of the crops covering it, PyTorch's bilinear weights
+    (``align_corners=False``) written out, then each SAM token the kept-attention mean of the others."""
     h, w = trident.preprocess_size(300, 410, stride=16, crop=96)
+    assert (h, w) == (304, 416)  # 410 -> 416; 300 * 416 / 410 = 304.4 -> 304
     windows, (rows, cols) = trident.sliding_windows(h, w, crop=96, stride=64)
-    crops = torch.randn(1, rows * cols, 7, 6, 6)
+    assert (rows, cols) == (5, 6) and windows[-1].tolist() == [13, 20, 19, 26]  # the last ones end at the border
+    g = torch.Generator().manual_seed(14)
+    crops = torch.randn(1, rows * cols, 7, 6, 6, generator=g)
     spliced = trident.splice_crops(crops, windows, (h // 16, w // 16))
     sam_grid = trident.sam_input_grid(300, 410, long_side=128)
+    assert sam_grid == (5, 8)  # 304 x 416 -> 93.5 x 128 px -> 94 // 16 = 5 rows, 8 columns
     attn, values = sam_inputs(b=1, heads=2, n=sam_grid[0] * sam_grid[1], d=3)
     mixed = trident.aggregate(spliced, trident.sam_correlation(attn, values), sam_grid)
-    assert mixed.shape == (1, sam_grid[0] * sam_grid[1], 7) and torch.isfinite(mixed).all()
+    assert mixed.shape == (1, 40, 7) and torch.isfinite(mixed).all()
+
+    def taps(out_size, in_size):
+        """(index, weight) pairs of each output position: source (o + 0.5) in / out - 0.5, clamped at 0."""
+        out = []
+        for o in range(out_size):
+            src = max((o + 0.5) * in_size / out_size - 0.5, 0.0)
+            i0 = int(src)
+            i1 = min(i0 + 1, in_size - 1)
+            out.append([(i0, 1 - (src - i0)), (i1, src - i0)])
+        return out
+
+    cells = direct_splice(crops, windows, (19, 26), 1)[0]  # (7, 19, 26) float64
+    rows_taps, cols_taps = taps(5, 19), taps(8, 26)
+    on_sam = torch.zeros(40, 7, dtype=torch.float64)
+    for y in range(5):
+        for x in range(8):
+            on_sam[y * 8 + x] = sum(wy * wx * cells[:, iy, ix]
+                                    for iy, wy in rows_taps[y] for ix, wx in cols_taps[x])
+    weights, _ = direct_correlation(attn, values, 1.2, True)
+    want = torch.stack([sum(weights[0, n, m] * on_sam[m] for m in range(40)) for n in range(40)])
+    torch.testing.assert_close(mixed[0].double(), want, rtol=1e-5, atol=1e-6)
+    # the same feature in every crop comes through unchanged: the splice averages, the weights sum to 1
+    constant = torch.arange(7.0)[None, None, :, None, None].expand_as(crops)
+    flat = trident.aggregate(trident.splice_crops(constant, windows, (19, 26)),
+                             trident.sam_correlation(attn, values), sam_grid)
+    torch.testing.assert_close(flat, torch.arange(7.0).expand(1, 40, 7))
 
 
 # ---------------------------------------------------------------------------- SAM refinement prompts
@@ -390,11 +448,11 @@ def test_aggregate_halves_puts_the_halves_side_by_side():
         trident.aggregate_halves(spliced, (w_left, w_right), ((2, 3), (3, 3)))
 
 
-def test_crops_proxy_attention_shares_one_mean_over_the_crops():
+def test_proxy_attention_shares_one_mean_over_the_crops():
     g = torch.Generator().manual_seed(13)
     feats = torch.randn(2, 3, 5, 4, generator=g)
     beta, gamma = 1.2, 3.0
-    got = trident.crops_proxy_attention(feats, beta, gamma)
+    got = methods.proxy_attention(feats, beta, gamma, mean_dims=(1, 2, 3))
     assert got.shape == (2, 3, 5, 5)
     for b in range(2):
         f = feats[b] / feats[b].norm(dim=-1, keepdim=True)
@@ -408,8 +466,8 @@ def test_crops_proxy_attention_shares_one_mean_over_the_crops():
                 row[keep] = torch.exp(logits[keep]) / torch.exp(logits[keep]).sum()
                 torch.testing.assert_close(got[b, k, i], row)
     # one crop: ProxyCLIP's own attention
-    torch.testing.assert_close(trident.crops_proxy_attention(feats[:, :1])[:, 0],
+    torch.testing.assert_close(methods.proxy_attention(feats[:, :1], mean_dims=(1, 2, 3))[:, 0],
                                methods.proxy_attention(feats[:, 0]))
     assert not torch.allclose(got[:, 0], methods.proxy_attention(feats[:, 0]))
-    flat = trident.crops_proxy_attention(torch.ones(1, 2, 4, 3))  # the reference's NaN rows
+    flat = methods.proxy_attention(torch.ones(1, 2, 4, 3), mean_dims=(1, 2, 3))  # the reference's NaN rows
     torch.testing.assert_close(flat, torch.eye(4).expand(1, 2, 4, 4))
