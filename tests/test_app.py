@@ -160,14 +160,25 @@ def test_models_are_built_once_per_method_and_backbone(engine, photo_file, monke
     assert engine.models.built() == [("cass", "ViT-B/16", "dino_vitb8"), ("sclip", "ViT-B/16", None)]
 
 
-def test_least_recently_used_models_are_dropped(weights_dir, tmp_path, photo_file):
+def test_least_recently_used_models_are_dropped(weights_dir, tmp_path, photo_file, monkeypatch):
     options = Options(clip_path=str(weights_dir / "tiny_clip.pt"), vfm_path=str(weights_dir / "tiny_dino.pth"),
-                      cfg_options=dict(TINY_OPTIONS), max_models=1)
+                      cfg_options=dict(TINY_OPTIONS), max_models=2)
     engine = Engine(options, tmp_path / "out")
-    engine.run(request(photo_file))
+    builds, build = [], engine.build
+    monkeypatch.setattr(engine, "build", lambda key, classes: builds.append(key) or build(key, classes))
+    cass, clip, sclip = ("cass", "ViT-B/16", "dino_vitb8"), ("clip", "ViT-B/16", None), ("sclip", "ViT-B/16", None)
+    first = engine.run(request(photo_file))
     engine.run(request(photo_file, method="clip"))
-    assert engine.models.built() == [("clip", "ViT-B/16", None)]
-    assert engine.run(request(photo_file)).result.labels.shape == (96, 128)  # built again
+    assert engine.models.built() == [cass, clip]  # least recently used first
+    engine.run(request(photo_file, method="sclip"))  # a third model: cass, the least recently used, goes
+    assert engine.models.built() == [clip, sclip]
+    engine.run(request(photo_file, method="clip"))  # kept, not built again; now the most recently used
+    assert engine.models.built() == [sclip, clip]
+    again = engine.run(request(photo_file))  # built again; sclip goes, not clip (built before it)
+    assert engine.models.built() == [clip, cass]
+    assert builds == [cass, clip, sclip, cass]
+    np.testing.assert_array_equal(again.result.probs, first.result.probs)
+    np.testing.assert_array_equal(again.result.labels, first.result.labels)
 
 
 def test_old_request_folders_are_deleted(weights_dir, tmp_path, photo_file):

@@ -116,8 +116,31 @@ def choose(page, dropdown: str, option: str | re.Pattern) -> None:
     page.get_by_role("option", name=option, exact=isinstance(option, str)).click()
 
 
-def test_app_in_a_browser(page, server, tmp_path):
+def test_app_in_a_browser(page, server, tmp_path, weights_dir):
     from playwright.sync_api import expect
+
+    from cass.api import Segmenter
+    from cass.visualize import render
+
+    def direct(method):
+        """What a Segmenter called directly gives for the photo with the page's settings (ADE20K's)."""
+        return Segmenter(classes=CLASSES, clip_path=str(weights_dir / "tiny_clip.pt"),
+                         vfm_path=str(weights_dir / "tiny_dino.pth"), method=method, vfm_overrides=TINY_VFM)(photo)
+
+    def shown_result(expected, previous_links=()):
+        """The page's overlay, legend and downloads (labels, probabilities) equal ``expected``'s."""
+        links = page.locator("#downloads a").evaluate_all("links => links.map(a => a.href)")
+        assert not set(links) & set(previous_links)  # this request's files, not the last one's
+        files = {Path(link).name: page.request.get(link).body() for link in links}
+        probs = np.load(io.BytesIO(files["astronaut_probs.npy"]))
+        np.testing.assert_allclose(probs, expected.probs, atol=1e-5)
+        labels = np.asarray(Image.open(io.BytesIO(files["astronaut_labels.png"])))
+        np.testing.assert_array_equal(labels, expected.labels)
+        picture, entries = render(expected.image, expected.labels, expected.class_names)
+        _, overlay = fetch_image(page, "#overlay img")
+        np.testing.assert_array_equal(overlay, np.asarray(picture))
+        assert page.locator("#legend li .name").all_inner_texts() == [e.name for e in entries]
+        return links, probs
 
     url, process, log = server
     photo = tmp_path / "astronaut.png"
@@ -135,7 +158,7 @@ def test_app_in_a_browser(page, server, tmp_path):
     expect(status).to_contain_text("cass with ViT-B/16 + dino_vitb8 on cpu: 512x512, 4 classes",
                                    timeout=TIMEOUT_MS)
     assert "error" not in (status.get_attribute("class") or "")
-    first_src, overlay = fetch_image(page, "#overlay img")
+    _, overlay = fetch_image(page, "#overlay img")
     assert overlay.shape[0] >= 512 and overlay.shape[1] > 512  # the overlay and its legend panel
     assert np.abs(overlay[:512, :512].astype(int) - original).mean() > 10
     legend = page.locator("#legend li .name").all_inner_texts()
@@ -145,13 +168,17 @@ def test_app_in_a_browser(page, server, tmp_path):
         "astronaut_labels.png", "astronaut_legend.json", "astronaut_probs.npy"]
     sidecar = json.loads(page.request.get(next(link for link in links if link.endswith(".json"))).body())
     assert [entry["name"] for entry in sidecar["legend"]] == legend and sidecar["classes"] == CLASSES
+    first_links, first_probs = shown_result(direct("cass"))
 
     # switch the method and run again
     choose(page, "#method", re.compile("^sclip:"))
     page.locator("#run").click()
     expect(status).to_contain_text("sclip with ViT-B/16 on cpu: 512x512", timeout=TIMEOUT_MS)
-    second_src, _ = fetch_image(page, "#overlay img")
-    assert second_src != first_src
+    # the page shows what Segmenter computes with sclip, which differs from cass's result
+    expected = direct("sclip")
+    assert not np.allclose(expected.probs, first_probs, atol=1e-3)
+    expect(page.locator("#downloads a").first).not_to_have_attribute("href", first_links[0], timeout=60_000)
+    shown_result(expected, first_links)
 
     # pick a class and see its heat map
     heat_src, _ = fetch_image(page, "#heatmap img")

@@ -4,6 +4,7 @@ Tiny random SAMs (:data:`cass.random_weights.TINY_SAM`: 4 blocks, global 1
 and 3, heads of 32) go through segment-anything's own builder at its 1024-px
 input (a 64 x 64 token grid).
 """
+import importlib
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 from conftest import REPO, one_line_error
 from segment_anything import sam_model_registry
+from segment_anything.build_sam import _build_sam
 from segment_anything.modeling import ImageEncoderViT, Sam
 from segment_anything.modeling.image_encoder import get_rel_pos
 
@@ -49,25 +51,99 @@ def attention_input(encoder, images):
 
 
 # ----------------------------------------------------------------------------- table
-def test_table_names_the_public_releases_of_the_registry():
+# segment-anything's builders (build_sam.py): the architecture each public release was trained with
+REGISTRY_ARCHITECTURES = {
+    "vit_b": dict(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12,
+                  encoder_global_attn_indexes=[2, 5, 8, 11]),
+    "vit_l": dict(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16,
+                  encoder_global_attn_indexes=[5, 11, 17, 23]),
+    "vit_h": dict(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16,
+                  encoder_global_attn_indexes=[7, 15, 23, 31]),
+}
+
+
+def recorded_builds(monkeypatch, build=False):
+    """The keyword arguments of every call of segment-anything's ``_build_sam`` (what the registry's
+    entries call); without ``build`` the call returns a stand-in instead of building the model."""
+    module = importlib.import_module("segment_anything.build_sam")  # the package's build_sam is a function
+    calls, real = [], module._build_sam
+
+    def record(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs) if build else torch.nn.Identity()
+
+    monkeypatch.setattr(module, "_build_sam", record)
+    return calls
+
+
+def test_table_names_the_public_releases_of_the_registry(monkeypatch):
     assert {kind: spec.release_file for kind, spec in SAM_SPECS.items()} == {
         "vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
-    for kind, spec in SAM_SPECS.items():
-        assert spec.url == "https://dl.fbaipublicfiles.com/segment_anything/" + spec.release_file
-        assert kind in sam_model_registry
-    with pytest.raises(ValueError, match="does not end in the release file"):
+    assert {kind: spec.url for kind, spec in SAM_SPECS.items()} == {
+        "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"}
+    # every architecture of the registry, under its own name ("default" is vit_h's alias, not a release)
+    assert set(sam_model_registry) == set(SAM_SPECS) | {"default"}
+    # build_sam(kind) is the registry's builder of that very kind (the architecture its release file fits)
+    calls = recorded_builds(monkeypatch)
+    for kind in ("vit_b", "vit_l", "vit_h"):
+        weights.build_sam(kind)
+        assert calls.pop() == dict(REGISTRY_ARCHITECTURES[kind], checkpoint=None), kind
+        sam_model_registry[kind](checkpoint=None)
+        assert calls.pop() == dict(REGISTRY_ARCHITECTURES[kind], checkpoint=None), kind
+    assert calls == []
+    with pytest.raises(ValueError) as err:
         SAMSpec("a.pth", "https://x/b.pth")
-    with pytest.raises(ValueError, match="vit_b"):
-        weights.build_sam("vit_x")
+    assert str(err.value) == "url https://x/b.pth does not end in the release file a.pth"
+    for unknown in ("vit_x", "default"):
+        message = f"unknown SAM '{unknown}'; choose one of ['vit_b', 'vit_h', 'vit_l']"
+        for call in (weights.build_sam, weights.load_sam):
+            with pytest.raises(ValueError) as err:
+                call(unknown)
+            assert str(err.value) == message
+    assert calls == []  # refused before anything is built
 
 
-def test_tiny_sam_is_the_builders_model_shrunk():
+def test_tiny_sam_is_the_builders_model_shrunk(monkeypatch):
+    assert TINY_SAM == {"vit_b": dict(embed_dim=64, depth=4, num_heads=2, global_attn_indexes=(1, 3)),
+                        "vit_l": dict(embed_dim=96, depth=4, num_heads=3, global_attn_indexes=(1, 3)),
+                        "vit_h": dict(embed_dim=128, depth=4, num_heads=4, global_attn_indexes=(1, 3))}
+    calls = recorded_builds(monkeypatch, build=True)
+    torch.manual_seed(3)
     model = tiny_model()
+    # the registry's call of vit_b with the four encoder sizes changed, nothing else
+    assert calls == [dict(REGISTRY_ARCHITECTURES["vit_b"], encoder_embed_dim=64, encoder_depth=4,
+                          encoder_num_heads=2, encoder_global_attn_indexes=(1, 3), checkpoint=None)]
     encoder = model.image_encoder
     assert isinstance(model, Sam) and isinstance(encoder, ImageEncoderViT)
+    assert not any(module.training for module in model.modules())
     assert [block.window_size for block in encoder.blocks] == [14, 0, 14, 0]
-    assert last_global_index(encoder) == 3 and encoder.img_size == 1024
-    assert encoder.blocks[3].attn.num_heads == 2 and encoder.blocks[3].attn.rel_pos_h.shape == (127, 32)
+    assert last_global_index(encoder) == 3 and encoder.img_size == 1024 and encoder.patch_embed.proj.stride == (16, 16)
+    # windowed blocks: relative positions over 2 x 14 - 1 offsets; global ones over the 64-token grid
+    assert [tuple(block.attn.rel_pos_h.shape) for block in encoder.blocks] == [(27, 32), (127, 32)] * 2
+    assert [block.attn.num_heads for block in encoder.blocks] == [2] * 4
+    # segment-anything's own preprocessing and decoding settings, as released
+    assert model.pixel_mean.flatten().tolist() == pytest.approx([123.675, 116.28, 103.53])
+    assert model.pixel_std.flatten().tolist() == pytest.approx([58.395, 57.12, 57.375])
+    assert (model.mask_threshold, model.image_format) == (0.0, "RGB")
+    # the same builder with the same seed gives the same module, weight for weight
+    torch.manual_seed(3)
+    reference = _build_sam(encoder_embed_dim=64, encoder_depth=4, encoder_num_heads=2,
+                           encoder_global_attn_indexes=(1, 3))
+    assert repr(model) == repr(reference)
+    built = model.state_dict()
+    assert built.keys() == reference.state_dict().keys()
+    assert all(torch.equal(value, reference.state_dict()[key]) for key, value in built.items())
+    # the test suite's random SAM is that model with its zero-initialised positions drawn at random
+    randomised = random_weights.random_sam("vit_b", tiny=True, seed=3).state_dict()
+    positions = {"image_encoder.pos_embed"} | {f"image_encoder.blocks.{i}.attn.rel_pos_{axis}"
+                                               for i in range(4) for axis in "hw"}
+    assert {key for key, value in built.items() if not torch.equal(value, randomised[key])} == positions
+    for key in positions:
+        assert not built[key].any()
+        std = 0.5 if key == "image_encoder.pos_embed" else 0.2
+        assert randomised[key].std().item() == pytest.approx(std, rel=0.15), key
 
 
 # ----------------------------------------------------------------------------- attention

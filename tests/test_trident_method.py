@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import one_line_error, stages_seen, synthetic_photo
 
-from cass import clip_vit, methods, trident
+from cass import clip_vit, methods, sam_math, trident
 from cass.build import build_model
 from cass.config import CASSConfig, ConfigError
 from cass.family import cfg_options, get_method, requirements
@@ -106,14 +106,14 @@ def test_sam_aggregation_equals_the_encoder_path_and_the_head(towers):
     model([image], [rgb.shape[:2]], [rgb])
     from segment_anything.utils.transforms import ResizeLongestSide
     sam = model.sam_guide.sam
-    padded = trident.sam_input_grid(*rgb.shape[:2])
+    padded = sam_math.sam_input_grid(*rgb.shape[:2])
     resized_rgb = ResizeLongestSide(1024).apply_image(
         cv2.resize(rgb, (-(-rgb.shape[1] // 16) * 16, -(-rgb.shape[0] // 16) * 16)))
     x = sam.preprocess(torch.as_tensor(resized_rgb).permute(2, 0, 1)[None].float())
     attn, values, (gh, gw) = last_global_attention(sam.image_encoder, x)
-    attn, values = trident.crop_sam_tokens(attn, values.reshape(1, values.shape[1], gh, gw, -1), padded)
-    weights = trident.sam_correlation(attn, values, 1.2, True)
-    mixed = trident.aggregate(model.spliced_features(image)[None], weights, padded)[0]
+    attn, values = sam_math.crop_sam_tokens(attn, values.reshape(1, values.shape[1], gh, gw, -1), padded)
+    weights = sam_math.sam_correlation(attn, values, 1.2, True)
+    mixed = sam_math.aggregate(model.spliced_features(image)[None], weights, padded)[0]
     feats = F.normalize(model.clip.visual.ln_post(mixed) @ model.clip.visual.proj, dim=-1)
     want = (feats @ model.text_state()[0].T).T.reshape(-1, *padded)
     torch.testing.assert_close(seen["logits"], want, rtol=1e-4, atol=1e-5)
@@ -167,8 +167,8 @@ def test_refinement_prompts_and_merge(towers, monkeypatch):
     fake = FakePredictions(model.sam_guide.predictor, iou=0.9, inside=True)
     monkeypatch.setattr(model.sam_guide.predictor, "predict_torch", fake)
     out = model([image], [rgb.shape[:2]], [rgb])[0]
-    small_labels, small_probs = trident.refinement_inputs(coarse.labels, coarse.probs, 0.05)
-    regions = trident.region_prompts(small_labels.numpy(), small_probs.numpy(), len(CLASSES), 0.05, 4)
+    small_labels, small_probs = sam_math.refinement_inputs(coarse.labels, coarse.probs, 0.05)
+    regions = sam_math.region_prompts(small_labels.numpy(), small_probs.numpy(), len(CLASSES), 0.05, 4)
     classes = sorted({r["class"] for r in regions})
     assert len(fake.calls) == len(classes)
     # prompts: boxes and points of the half-resolution regions in SAM's input frame
@@ -177,7 +177,7 @@ def test_refinement_prompts_and_merge(towers, monkeypatch):
     want_boxes = transform.apply_boxes_torch(torch.tensor(np.stack([r["box"] for r in first])).float(),
                                              tuple(small_labels.shape))
     torch.testing.assert_close(fake.calls[0]["boxes"], want_boxes)
-    want_mask = trident.mask_prompt(small_probs[classes[0]].numpy(), rgb.shape[:2], 0.05, 0.005)
+    want_mask = sam_math.mask_prompt(small_probs[classes[0]].numpy(), rgb.shape[:2], 0.05, 0.005)
     # one unbatched (1, 256, 256) mask, as released (SAM's LayerNorm2d then normalises over its rows)
     assert fake.calls[0]["mask"].shape == (1, 256, 256)
     torch.testing.assert_close(fake.calls[0]["mask"][0], torch.as_tensor(want_mask))
@@ -209,16 +209,55 @@ def test_sam_aggregation_of_a_logit_merging_method_mixes_its_logits(towers):
 
 
 def test_cass_with_sam_refinement_runs_and_needs_sam(towers):
-    clip, vfm, sam = towers
-    from cass.random_weights import random_dino as rd
-    keys = dict(clip_model=clip, vfm_model=rd(tiny=True), classes=CLASSES, text_cache_dir=False,
-                sam_refinement=True, coarse_thresh=0.05, minimal_area=4)
+    """CASS's coarse prediction refined by SAM, against a re-statement: the regions of the prediction
+    CASS makes without SAM, one SAM prompt per region (box, top point, its class's mask prompt),
+    the accepted masks merged and the rejected regions given their coarse scores back."""
+    from segment_anything import SamPredictor
+
+    from cass.sam_guide import sam_image
+
+    clip, _, sam = towers
+    keys = dict(clip_model=clip, vfm_model=random_dino(tiny=True), classes=CLASSES, text_cache_dir=False,
+                coarse_thresh=0.05, minimal_area=4)
     assert requirements(CASSConfig.from_keys(dict(sam_refinement=True))).sam
     assert not requirements(CASSConfig()).sam
-    model = build_model(**keys, sam_model=sam)
+    # the random SAM predicts IoUs of about -0.02 to 0.09: 0.05 accepts some masks and rejects others
+    model = build_model(**keys, sam_model=sam, sam_refinement=True, sam_iou_thresh=0.05)
     rgb, image = photo_input()
     out = model([image], [rgb.shape[:2]], [rgb])[0]
-    assert out.labels.shape == rgb.shape[:2]
+    coarse = build_model(**keys)([image], [rgb.shape[:2]])[0]  # CASS without SAM
+    assert out.labels.shape == rgb.shape[:2] == (72, 100)
+
+    small_labels, small_probs = sam_math.refinement_inputs(coarse.labels, coarse.probs, 0.05)
+    assert small_labels.shape == (36, 50)
+    regions = sam_math.region_prompts(small_labels.numpy(), small_probs.numpy(), len(CLASSES), 0.05, 4)
+    predictor = SamPredictor(sam)
+    predictor.set_image(sam_image(rgb, 16))  # 72 x 100 -> 80 x 112 -> SAM's 731 x 1024
+    assert predictor.original_size == (80, 112) and predictor.input_size == (731, 1024)
+    kept, kept_classes, failed = [], [], []
+    for region in regions:
+        c = region["class"]
+        mask = sam_math.mask_prompt(small_probs[c].numpy(), (72, 100), 0.05, 0.005)
+        _, iou, low_res = predictor.predict_torch(
+            point_coords=predictor.transform.apply_coords_torch(torch.tensor(region["point"][None]).float(),
+                                                                (36, 50))[:, None],
+            point_labels=torch.ones(1, 1),
+            boxes=predictor.transform.apply_boxes_torch(torch.tensor(region["box"][None]).float(), (36, 50)),
+            mask_input=torch.as_tensor(mask)[None], multimask_output=False)
+        if iou.item() > 0.05:
+            kept.append(low_res[0])
+            kept_classes.append(c)
+        else:
+            failed.append(torch.as_tensor(region["mask"]))
+    assert kept and failed, "the check needs accepted and rejected masks"
+    logits = sam.postprocess_masks(torch.stack(kept), (731, 1024), (80, 112))
+    logits = F.interpolate(logits, (72, 100), mode="bilinear", align_corners=False)[:, 0]
+    labels, scores = sam_math.merge_refined(logits, torch.tensor(kept_classes), coarse.probs, coarse.labels)
+    labels, scores = sam_math.restore_failed(torch.stack(failed), coarse.probs, scores, labels, coarse.labels)
+    torch.testing.assert_close(out.probs, scores, rtol=1e-4, atol=1e-5)
+    assert torch.equal(out.labels, labels)
+    assert not torch.allclose(out.probs, coarse.probs)  # the refinement changed the prediction
+
     message = one_line_error(lambda: CASSModelWithout(model), "needs SAM", error=ConfigError)
     assert "sam_refinement=True" in message
 
@@ -229,15 +268,38 @@ def CASSModelWithout(model):
 
 
 def test_halves_aggregate_each_half_on_its_own_grid(towers):
+    """Cityscapes: SAM encodes the left and the right half of the photo on their own; each half of the
+    spliced grid is mixed with its own half's weights, side by side (a direct re-statement)."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
     model = trident_model(towers, sam_halves=True, sam_refinement=False)
+    sam = model.sam_guide.sam
     rgb, image = photo_input(48, 160)
     views, aggregate = [], model.sam_guide.aggregate
     model.sam_guide.aggregate = lambda maps, view: (views.append(view), aggregate(maps, view))[1]
+    seen = capture_logits(model)
     out = model([image], [rgb.shape[:2]], [rgb])[0]
     (view,) = views
     # each half (48 x 80 px) on its own grid: 614.4 x 1024 -> 614 px -> 38 tokens down, 64 across
     assert view.grids == [(38, 64), (38, 64)] and view.grid == (38, 128)
     assert out.probs.shape == (len(CLASSES), 48, 160)
+    weights = []
+    for half in (rgb[:, :80], rgb[:, 80:]):  # sides already multiples of 16: SAM sees the photo's own pixels
+        x = sam.preprocess(torch.as_tensor(ResizeLongestSide(1024).apply_image(half)).permute(2, 0, 1)[None].float())
+        attn, values, (gh, gw) = last_global_attention(sam.image_encoder, x)
+        attn, values = sam_math.crop_sam_tokens(attn, values.reshape(1, values.shape[1], gh, gw, -1), (38, 64))
+        weights.append(sam_math.sam_correlation(attn, values, 1.2, True)[0])
+    for got, want in zip(view.weights, weights):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(weights[0], weights[1], atol=1e-3)  # two different images
+    spliced = model.spliced_features(image)
+    assert spliced.shape[-2:] == (6, 20)  # 96 x 320 px: the halves are columns 0..9 and 10..19
+    left = sam_math.aggregate(spliced[None, :, :, :10], weights[0][None], (38, 64))[0].reshape(38, 64, -1)
+    right = sam_math.aggregate(spliced[None, :, :, 10:], weights[1][None], (38, 64))[0].reshape(38, 64, -1)
+    mixed = torch.cat([left, right], dim=1).reshape(38 * 128, -1)
+    projected = F.normalize(model.clip.visual.ln_post(mixed) @ model.clip.visual.proj, dim=-1)
+    want = (projected @ model.text_state()[0].T).T.reshape(-1, 38, 128)
+    torch.testing.assert_close(seen["logits"], want, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- the family entry and its protocol
@@ -311,18 +373,55 @@ def test_sam_images_must_be_the_output_size(towers):
 
 
 def test_trident_with_a_patch_14_clip(towers):
-    """ViT-H/14's case: windows and SAM's image on multiples of 14, DINO/16's grid resized to CLIP's."""
+    """ViT-H/14's case: windows and SAM's image on multiples of 14, DINO/16's grid resized to CLIP's.
+
+    Against the released structure written out (:func:`released_crop_block`, its 3 x 3 DINO grid of a
+    56-px crop resized to CLIP's 4 x 4, guidance_attn's splice) and SAM's path with the image rounded
+    up to multiples of 14 (not of SAM's 16).
+    """
+    from segment_anything.utils.transforms import ResizeLongestSide
+
     _, vfm, sam = towers
     clip14 = random_clip(tiny=True, arch="ViT-L/14")
     model = build_model(clip_model=clip14, vfm="dino_vitb16", vfm_model=vfm, sam_model=sam, classes=CLASSES,
                         text_cache_dir=False, method="trident", slide_crop=56, slide_stride=28, sam_refinement=False)
     rgb, image = photo_input(70, 100, short=70)
-    feats = model.spliced_features(image)
+    assert tuple(image.shape[-2:]) == (70, 100)
     size = trident.preprocess_size(*image.shape[-2:], 14, 56)
-    assert size[0] % 14 == 0 and size[1] % 14 == 0
-    assert tuple(feats.shape[-2:]) == (size[0] // 14, size[1] // 14)
+    assert size == (84, 112)  # 100 -> 112; 70 x 112 / 100 = 78.4 -> 78 -> 84
+    windows, grid = trident.sliding_windows(*size, 56, 28, 14)
+    assert grid == (2, 3) and windows.tolist() == [[0, 0, 4, 4], [0, 2, 4, 6], [0, 4, 4, 8],
+                                                   [2, 0, 6, 4], [2, 2, 6, 6], [2, 4, 6, 8]]
+    resized = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+    crops = torch.stack([resized[:, y1 * 14:y2 * 14, x1 * 14:x2 * 14] for y1, x1, y2, x2 in windows.tolist()])
+    per_crop = released_crop_block(model, crops)
+    assert per_crop.shape[-2:] == (3, 3)  # DINO/16 on a 56-px crop
+    # guidance_attn: 3 is no multiple of CLIP's 4, ratio round(3 / 4) = 1, bilinear to 4 x 4
+    on_clip = F.interpolate(per_crop, size=(4, 4), mode="bilinear", align_corners=False)
+    total = torch.zeros(on_clip.shape[1], 6, 8)
+    count = torch.zeros(6, 8)
+    for k, (y1, x1, y2, x2) in enumerate(windows.tolist()):
+        total[:, y1:y2, x1:x2] += on_clip[k]
+        count[y1:y2, x1:x2] += 1
+    spliced = total / count
+    torch.testing.assert_close(model.spliced_features(image), spliced, rtol=1e-4, atol=1e-5)
+
+    seen = capture_logits(model)
     out = model([image], [rgb.shape[:2]], [rgb])[0]
     assert out.probs.shape == (len(CLASSES), 70, 100)
+    # SAM sees the original at multiples of 14: 70 x 112 -> 640 x 1024 px -> 40 x 64 valid tokens
+    # (multiples of 16 would give 80 x 112 -> 731 px -> 45 rows)
+    sam_rgb = ResizeLongestSide(1024).apply_image(cv2.resize(rgb, (112, 70)))
+    assert sam_rgb.shape[:2] == (640, 1024)
+    valid = (40, 64)
+    x = sam.preprocess(torch.as_tensor(sam_rgb).permute(2, 0, 1)[None].float())
+    attn, values, (gh, gw) = last_global_attention(sam.image_encoder, x)
+    attn, values = sam_math.crop_sam_tokens(attn, values.reshape(1, values.shape[1], gh, gw, -1), valid)
+    weights = sam_math.sam_correlation(attn, values, 1.2, True)
+    mixed = sam_math.aggregate(spliced[None], weights, valid)[0]
+    projected = F.normalize(model.clip.visual.ln_post(mixed) @ model.clip.visual.proj, dim=-1)
+    want = (projected @ model.text_state()[0].T).T.reshape(-1, *valid)
+    torch.testing.assert_close(seen["logits"], want, rtol=1e-4, atol=1e-5)
 
 
 def test_trident_observes_every_stage(towers):
