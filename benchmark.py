@@ -5,9 +5,10 @@ does, from CLIP ViT-B/16 (open_clip's ``ViT-B-16-quickgelu`` architecture,
 random weights, loaded through :func:`cass.weights.clip_from_state_dict` like
 an OpenAI checkpoint) and DINO ViT-B/8 (:mod:`cass.random_weights`), so
 nothing is downloaded; ``--clip`` and ``--vfm`` choose other backbones
-(``docs/backbones.md``), ``--clip-weights``/``--vfm-weights`` load real
-checkpoints instead. Random weights cost the same time as real ones; only
-label agreement depends on the weights.
+(``docs/backbones.md``), ``--clip-path``/``--vfm-path``/``--sam-path`` load real
+checkpoints instead (deprecated names: ``--clip-weights``, ``--vfm-weights`` or
+``--dino-weights``, ``--sam-weights``). Random weights cost the same time as
+real ones; only label agreement depends on the weights.
 
 Modes:
 
@@ -77,6 +78,7 @@ from cass import text as text_module
 from cass.backbones import CLIP_SPECS, VFM_SPECS
 from cass.bench import reference_loop
 from cass.build import build_model
+from cass.cli import add_weights_arguments
 from cass.config import PRECISIONS, CASSConfig
 from cass.config_files import DEFAULT_CONFIG, VFM_PATH_KEYS, load_config, model_keys, with_vfm_path
 from cass.constants import CLIP_MEAN, CLIP_STD
@@ -86,12 +88,15 @@ from cass.random_weights import TINY_SAM, TINY_VFM, random_clip, random_dino, ra
 from cass.weights import clip_from_state_dict
 
 # build_model's keys that benchmark.py sets itself: the towers (random modules, or the files of
-# --clip-weights and --vfm-weights), the vocabulary and the text cache. With the config's mmseg keys
+# --clip-path, --vfm-path and --sam-path), the vocabulary and the text cache. With the config's mmseg keys
 # (cass.config_files.MMSEG_KEYS, which model_keys leaves out) they are the config's keys that are not
 # settings of the timed model.
 BUILD_KEYS = ("clip_path", "clip_model", "vfm", *VFM_PATH_KEYS, "vfm_model", "vfm_overrides", "name_path", "classes",
               "text_cache_dir", "sam_path", "sam_ckpt", "sam_model", "sam_overrides")
 STAGES = {**stages.STAGES, "other": "other (batching, bookkeeping)"}
+# benchmark.py's former spellings of the weights flags (old name -> new name), still accepted with a warning.
+OLD_WEIGHTS_FLAGS = {"--clip-weights": "--clip-path", "--vfm-weights": "--vfm-path", "--dino-weights": "--vfm-path",
+                     "--sam-weights": "--sam-path"}
 
 
 # ---------------------------------------------------------------------------- models
@@ -125,25 +130,25 @@ def random_openai_clip(tiny: bool, seed: int, arch: str) -> nn.Module:
 
 
 def tower_keys(args: argparse.Namespace, settings: dict) -> dict:
-    """build_model's keys for the towers: random-weight modules, or ``--clip-weights``,
-    ``--vfm-weights`` (under the config's key for it) and ``--sam-weights`` read by build_model's
+    """build_model's keys for the towers: random-weight modules, or ``--clip-path``,
+    ``--vfm-path`` (under the config's key for it) and ``--sam-path`` read by build_model's
     loaders; SAM only where ``settings`` (:func:`model_settings`) use it."""
     keys: dict = dict(vfm=args.vfm)
-    if args.clip_weights is not None:
-        keys["clip_path"] = args.clip_weights
+    if args.clip_path is not None:
+        keys["clip_path"] = args.clip_path
     else:
         keys["clip_model"] = random_openai_clip(args.tiny, args.seed, args.clip)
-    if args.vfm_weights is not None:
+    if args.vfm_path is not None:
         config_path = {key: value for key, value in args.model_keys.items() if key in VFM_PATH_KEYS}
-        keys.update(with_vfm_path(config_path, args.vfm_weights))
+        keys.update(with_vfm_path(config_path, args.vfm_path))
         keys["vfm_overrides"] = TINY_VFM if args.tiny else None
     else:  # built even where the method needs no VFM: build_model leaves it out then
         keys["vfm_model"] = random_dino(args.tiny, args.seed, args.vfm)
     config = CASSConfig.from_keys(settings)
     if requirements(config).sam:
         kind = config.sam.sam_model_type
-        if args.sam_weights is not None:
-            keys.update(sam_path=args.sam_weights, sam_overrides=TINY_SAM[kind] if args.tiny else None)
+        if args.sam_path is not None:
+            keys.update(sam_path=args.sam_path, sam_overrides=TINY_SAM[kind] if args.tiny else None)
         else:
             keys["sam_model"] = random_sam(kind, args.tiny, args.seed)
     return keys
@@ -513,11 +518,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="CLIP backbone (default: ViT-B/16)")
     parser.add_argument("--vfm", choices=tuple(VFM_SPECS), default=None,
                         help="VFM backbone (default: the config's vfm, else dino_vitb8; docs/backbones.md)")
-    parser.add_argument("--clip-weights", default=None, help="real CLIP checkpoint of --clip instead of random")
-    parser.add_argument("--vfm-weights", "--dino-weights", dest="vfm_weights", default=None,
-                        help="real checkpoint of --vfm instead of random (--dino-weights: its old name)")
-    parser.add_argument("--sam-weights", default=None,
-                        help="real SAM checkpoint of the config's sam_model_type instead of random (Trident)")
+    add_weights_arguments(parser, random_default=True, old_names=OLD_WEIGHTS_FLAGS)
     parser.add_argument("--protocol", choices=PROTOCOL_NAMES, default="cass",
                         help="'published': the method's published settings for the config's benchmark "
                              "(windows, thresholds, VFM; cass.family.cfg_options) before --cfg-options; "
@@ -598,7 +599,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     crops = len(image_boxes(h, w, model.config))
     crop_desc = ("whole-image pass" if window.whole_image else
                  f"crops of {window.slide_crop} (stride {window.slide_stride})")
-    weights = {"CLIP": args.clip_weights is not None, "VFM": args.vfm_weights is not None}
+    weights = {"CLIP": args.clip_path is not None, "VFM": args.vfm_path is not None}
     results["setting"] = dict(source=str(args.config or DEFAULT_CONFIG), method=model.config.method.name,
                               clip=args.clip, vfm=args.vfm, settings=settings, size=list(args.size),
                               ori_size=list(args.ori_size or args.size), crops=crops, crop_desc=crop_desc,

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 from mmengine.config import DictAction
 
+from cass.cli import add_weights_arguments  # no torch: a bad command line is answered quickly
+
 if TYPE_CHECKING:
     from mmengine.config import Config
 
@@ -35,7 +37,7 @@ LAUNCHERS = ("none", "pytorch", "slurm", "mpi")
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Evaluate CASS on a benchmark config (mIoU, mAcc, aAcc).",
+        prog="eval.py", description="Evaluate CASS on a benchmark config (mIoU, mAcc, aAcc).",
         epilog="Multi-GPU: torchrun --nproc_per_node=N eval.py --config ... --launcher pytorch")
     parser.add_argument("--config", type=Path, required=True,
                         help="benchmark config, e.g. configs/cfg_voc21.py")
@@ -53,10 +55,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "folder (default with --resume: <work-dir>/preds) are not segmented again; the "
                              "metrics cover every image, as in an uninterrupted run")
     parser.add_argument("--data-root", type=Path, help="dataset root, replacing the config's data_root")
-    parser.add_argument("--clip-path", help="CLIP weights: 'ViT-B/16' (download) or a local OpenAI .pt file")
-    parser.add_argument("--vfm-path", "--dino-path", dest="vfm_path",
-                        help="local checkpoint of the config's VFM (default: download the public one); "
-                             "--dino-path is its old name")
+    add_weights_arguments(parser)
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                         help="config overrides key=value, mmseg style, applied last, e.g. model.slide_stride=56 "
                              "test_dataloader.num_workers=0")
@@ -80,6 +79,9 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.model.clip_path = args.clip_path
     if args.vfm_path is not None:  # under the config's key for it (vfm_path, or dino_path in older configs)
         cfg.model = with_vfm_path(cfg.model.to_dict(), args.vfm_path)
+    if args.sam_path is not None:  # replaces sam_ckpt (Trident's key for the same file), as cass.api does
+        cfg.model.pop("sam_ckpt", None)
+        cfg.model.sam_path = args.sam_path
     if args.data_root is not None:
         cfg.test_dataloader.dataset.data_root = str(args.data_root)
     cfg.merge_from_dict(args.cfg_options)

@@ -265,13 +265,14 @@ def test_precision_choices_and_default_are_the_configs(capsys):
 
 
 def test_real_weights_load_through_build_model_under_both_flag_names(weights_dir):
-    """--vfm-weights and its old name --dino-weights give the same model; the files (written from the
-    seed-0 random towers, CLIP rounded to float16 like OpenAI's release) load to the random towers."""
+    """--clip-path/--vfm-path and their deprecated names --clip-weights/--dino-weights give the same model;
+    the files (written from the seed-0 random towers, CLIP rounded to float16 like OpenAI's release) load
+    to the random towers."""
     random_model = benchmark.timed_model(benchmark.parse_args(["--tiny"]), ["cat", "dog"])
-    for flag in ("--vfm-weights", "--dino-weights"):
-        args = benchmark.parse_args(["--tiny", "--clip-weights", str(weights_dir / "tiny_clip.pt"),
-                                     flag, str(weights_dir / "tiny_dino.pth")])
-        assert args.vfm_weights == str(weights_dir / "tiny_dino.pth")
+    for clip_flag, vfm_flag in (("--clip-path", "--vfm-path"), ("--clip-weights", "--dino-weights")):
+        files = [str(weights_dir / "tiny_clip.pt"), str(weights_dir / "tiny_dino.pth")]
+        args = benchmark.parse_args(["--tiny", clip_flag, files[0], vfm_flag, files[1]])
+        assert [args.clip_path, args.vfm_path] == files
         model = benchmark.timed_model(args, ["cat", "dog"])
         for name, value in random_model.vfm.state_dict().items():
             torch.testing.assert_close(model.vfm.state_dict()[name], value, rtol=0, atol=0)

@@ -378,18 +378,19 @@ def method_runs(tmp_path_factory):
     data = voc_layout(tmp / "VOC2012", names=["2007_000032"], labels=[block_label([0, 15, 8])])
     clip, dino = write_clip_state_dict(tmp / "clip.pt"), write_dino_checkpoint(tmp / "dino.pth")
     sam = write_sam(tmp / "sam_vit_b_01ec64.pth", tiny=True)
-    # Trident: a tiny SAM, and the tiny DINO ViT-B/8 file in place of its DINO ViT-B/16
-    trident = [f"model.sam_path={sam}", "model.vfm=dino_vitb8",
+    # Trident: a tiny SAM (through --sam-path), and the tiny DINO ViT-B/8 file in place of its DINO ViT-B/16
+    trident = ["model.vfm=dino_vitb8",
                *[f"model.sam_overrides.{key}={value}".replace(" ", "") for key, value in TINY_SAM["vit_b"].items()]]
     runs = []
     for method in (*BASELINES, "trident"):
         options = cfg_options(method, "cfg_voc21") + (trident if method == "trident" else [])
+        sam_flag = ["--sam-path", sam] if method == "trident" else []
         runs.append(["--config", "configs/cfg_voc21.py", "--data-root", data, "--clip-path", clip, "--vfm-path", dino,
-                     "--work-dir", tmp / method, "--save-preds", tmp / method / "preds",
+                     *sam_flag, "--work-dir", tmp / method, "--save-preds", tmp / method / "preds",
                      "--cfg-options", *options, *TINY_OPTIONS, "model.text_cache_dir=False",
                      "test_dataloader.num_workers=0"])
     results = run_eval_parallel(runs, tmp, timeout=600)
-    return dict(tmp=tmp, data=data, results=dict(zip((*BASELINES, "trident"), results)))
+    return dict(tmp=tmp, data=data, sam=sam, results=dict(zip((*BASELINES, "trident"), results)))
 
 
 @pytest.mark.parametrize("method", (*BASELINES, "trident"))
@@ -399,6 +400,8 @@ def test_eval_runs_every_method(method, method_runs):
     record = json.loads((tmp / method / "preds" / "cass_run.json").read_text())
     published = get_method(method).protocol["cfg_voc21"]
     assert record["model"]["method"] == method
+    if method == "trident":  # read from --sam-path
+        assert record["model"]["sam_path"] == str(method_runs["sam"])
     # ClearCLIP and ProxyCLIP ship their own VOC21 class names; the others use the benchmark config's
     class_file = CONFIGS_DIR / published.get("class_file", "cls_voc21.txt")
     assert Path(record["model"]["name_path"]).resolve() == class_file.resolve()
