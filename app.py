@@ -4,10 +4,14 @@
     python app.py --port 8080 --clip-path ViT-B-16.pt --vfm-path dino_vitbase8_pretrain.pth
     python app.py --host 0.0.0.0 --device cuda    # reachable from other machines
     python app.py --share                  # also a temporary public link through Gradio's share servers
+    python app.py --protocol cass          # every method with the benchmark configs' settings (CASS's)
 
 Weights come from the same flags and defaults as ``demo.py``: local files, or
 the public releases downloaded once; other backbones are offered when their
-release files are in the weights cache. Each (method, CLIP, VFM) model is
+release files are in the weights cache. A method runs with its published
+settings for the chosen benchmark (``--protocol published``, the default: the
+preset menu shows them) or with the benchmark configs' (``--protocol cass``),
+as ``eval.py --protocol`` applies them. Each (method, CLIP, VFM) model is
 built on first use and kept; it serves one request at a time while the others
 wait their turn, told their place. The work is :mod:`cass.webapp`'s; this file
 draws the page. ``docs/app.md`` has the details.
@@ -54,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860, Gradio's)")
     parser.add_argument("--share", action="store_true",
                         help="also create a temporary public link through Gradio's share servers")
-    add_model_arguments(parser)
+    add_model_arguments(parser, protocol="published")
     parser.add_argument("--max-models", type=int, default=3,
                         help="models kept built at once; the least recently used beyond are dropped (default: 3)")
     args = parser.parse_args(argv)
@@ -69,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def options_from(args: argparse.Namespace) -> Options:
     return Options(config=None if args.config is None else str(args.config), clip_path=args.clip_path,
                    vfm_path=args.vfm_path, sam_path=args.sam_path, device=args.device,
-                   precision=args.precision,
+                   precision=args.precision, protocol=args.protocol,
                    cfg_options=dict(args.cfg_options or {}), max_models=args.max_models, opacity=args.opacity)
 
 
@@ -78,9 +82,42 @@ def status_html(text: str, error: bool = False) -> str:
     return f'<div class="{kind}">{"⚠ " if error else ""}{html.escape(text)}</div>'
 
 
+def vfm_state(engine: Engine, method_name: str) -> dict:
+    """The VFM menu's settings: usable only for a method that uses a VFM."""
+    uses = method_name in METHODS and engine.uses_vfm(method_name)
+    return dict(interactive=uses, info=None if uses else f"{method_name} uses no VFM")
+
+
+def method_changed(engine: Engine, method_name: str, preset_name: str | None, vocabulary_name: str | None,
+                   classes: str, filled: str | None) -> tuple:
+    """The page's updates when another method is chosen, for (VFM menu, preset menu, threshold, classes,
+    the classes the vocabulary menu filled in last).
+
+    The preset menu offers the method's settings for each benchmark (with
+    ``--protocol published`` its own: windows, short side, threshold, class
+    file) and keeps the chosen benchmark; the threshold becomes that preset's;
+    the VFM menu is usable for a method that uses a VFM and selects the one
+    the preset names when its weights are here; classes that the vocabulary
+    menu filled in (not edited since) become the method's class file for it.
+    """
+    if method_name not in METHODS:
+        return (gr.skip(),) * 5
+    presets = engine.presets_for(method_name)
+    name = preset_name if preset_name in presets else engine.default_preset
+    vfm = vfm_state(engine, method_name)
+    chosen = engine.vfm_for(method_name, name) if vfm["interactive"] else None
+    if chosen is not None:
+        vfm["value"] = chosen
+    text = gr.skip()
+    if vocabulary_name in presets and filled is not None and classes == filled:
+        text = filled = presets[vocabulary_name].classes_text()
+    return (gr.update(**vfm), gr.update(choices=[(p.label, n) for n, p in presets.items()], value=name),
+            presets[name].prob_thd, text, filled)
+
+
 def build_page(engine: Engine) -> gr.Blocks:
     """The page: inputs on the left, results on the right; every handler is a thin call into ``engine``."""
-    presets = engine.presets
+    presets = engine.presets_for(engine.default_method)
     default_preset = presets[engine.default_preset]
     clips = [name for name, weights in engine.clips.items() if weights.available]
     vfms = [name for name, weights in engine.vfms.items() if weights.available]
@@ -107,11 +144,6 @@ def build_page(engine: Engine) -> gr.Blocks:
         return (status_html(outcome.summary), outcome.picture, legend_html(outcome.legend),
                 gr.update(choices=names, value=top), heat, status_html(heat_line), [str(f) for f in outcome.files],
                 state)
-
-    def vfm_state(method_name: str) -> dict:
-        """The VFM menu's settings: usable only for a method that uses a VFM."""
-        uses = method_name in METHODS and engine.uses_vfm(method_name)
-        return dict(interactive=uses, info=None if uses else f"{method_name} uses no VFM")
 
     def show_heatmap(state: dict | None, name: str) -> tuple:
         if not state or not name:
@@ -141,9 +173,10 @@ def build_page(engine: Engine) -> gr.Blocks:
                 with gr.Row():
                     clip = gr.Dropdown(label="CLIP", choices=clips, value=engine.default_clip, elem_id="clip")
                     vfm = gr.Dropdown(label="VFM", choices=vfms, value=engine.default_vfm, elem_id="vfm",
-                                      **vfm_state(engine.default_method))
+                                      **vfm_state(engine, engine.default_method))
                 with gr.Accordion("Settings", open=True):
-                    preset = gr.Dropdown(label="Windows and input size", elem_id="preset",
+                    preset = gr.Dropdown(label="Windows and input size (the method's, per benchmark)",
+                                         elem_id="preset",
                                          choices=[(p.label, name) for name, p in presets.items()],
                                          value=engine.default_preset)
                     with gr.Row():
@@ -170,12 +203,23 @@ def build_page(engine: Engine) -> gr.Blocks:
                 files = gr.File(label="Downloads: labels PNG, probabilities .npy, legend JSON", file_count="multiple",
                                 interactive=False, elem_id="downloads")
         result = gr.State(None)
+        filled = gr.State(None)  # the classes the vocabulary menu filled in last
 
-        vocabulary.input(lambda name: presets[name].classes_text() if name in presets else gr.skip(),
-                         vocabulary, classes, queue=False)
-        preset.input(lambda name: presets[name].prob_thd if name in presets else gr.skip(), preset, prob_thd,
-                     queue=False)
-        method.input(lambda name: gr.update(**vfm_state(name)), method, vfm, queue=False)
+        def fill_vocabulary(name: str, method_name: str) -> tuple:
+            if method_name not in METHODS or name not in engine.presets_for(method_name):
+                return gr.skip(), gr.skip()
+            text = engine.preset(method_name, name).classes_text()  # the method's class file for it
+            return text, text
+
+        def preset_threshold(name: str, method_name: str) -> float | dict:
+            if method_name not in METHODS or name not in engine.presets_for(method_name):
+                return gr.skip()
+            return engine.preset(method_name, name).prob_thd
+
+        vocabulary.input(fill_vocabulary, [vocabulary, method], [classes, filled], queue=False)
+        preset.input(preset_threshold, [preset, method], prob_thd, queue=False)
+        method.input(lambda *values: method_changed(engine, *values), [method, preset, vocabulary, classes, filled],
+                     [vfm, preset, prob_thd, classes, filled], queue=False)
         run.click(segment, [image, classes, method, clip, vfm, preset, prob_thd, pamr],
                   [status, overlay, legend, heat_class, heat, heat_status, files, result], preprocess=False,
                   concurrency_limit=None, api_name="segment")

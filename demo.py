@@ -4,6 +4,8 @@
     python demo.py --image photo.jpg --classes "cat, dog, sky" --out result.png
     python demo.py --image photo.jpg --class-file classes.txt --save-probs probs.npy
     python demo.py --image photos/ "more/*.jpg" --classes "cat, dog" --out-dir results/ --batch-size 8
+    python demo.py --image photo.jpg --config configs/cfg_voc21.py --cfg-options model.method=trident \
+        --protocol published                        # Trident with its own VOC21 settings and class names
 
 For each image it writes a PNG (the image under a translucent colour per
 class, with a legend of the classes present and their pixel share) and a JSON
@@ -229,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     log(f"loading weights on {args.device}")
     segmenter = Segmenter(args.config, classes=classes, class_file=args.class_file, clip_path=args.clip_path,
                           vfm_path=args.vfm_path, sam_path=args.sam_path, device=args.device,
-                          precision=args.precision, cfg_options=args.cfg_options)
+                          precision=args.precision, cfg_options=args.cfg_options, protocol=args.protocol)
     names = segmenter.class_names
     log(f"encoding text: {len(names)} classes, {len(segmenter.model.vocabulary.queries)} queries")
     segmenter.encode_text()

@@ -4,6 +4,12 @@ One benchmark, one GPU (the paper's protocol, no PAMR):
 
     python eval.py --config configs/cfg_voc21.py --pamr off
 
+Another method of the family, with the config's settings or with its own
+published ones for the benchmark (``--protocol published``; ``eval_all.sh
+--method`` does the latter):
+
+    python eval.py --config configs/cfg_voc21.py --cfg-options model.method=sclip --protocol published
+
 Several GPUs for one benchmark (mmengine's distributed runner; each GPU takes
 a share of the images, the metric is computed over all of them):
 
@@ -26,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from mmengine.config import DictAction
 
-from cass.cli import add_weights_arguments  # no torch: a bad command line is answered quickly
+from cass.cli import add_protocol_argument, add_weights_arguments  # no torch: a bad command line is answered quickly
 
 if TYPE_CHECKING:
     from mmengine.config import Config
@@ -56,6 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "metrics cover every image, as in an uninterrupted run")
     parser.add_argument("--data-root", type=Path, help="dataset root, replacing the config's data_root")
     add_weights_arguments(parser)
+    add_protocol_argument(parser)
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                         help="config overrides key=value, mmseg style, applied last, e.g. model.slide_stride=56 "
                              "test_dataloader.num_workers=0")
@@ -70,9 +77,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace) -> Config:
     """Load the benchmark config (importing cass's mmseg adapter through its
-    custom_imports) and apply the command-line settings."""
+    custom_imports) and apply the command-line settings; ``--protocol``'s come
+    with ``--cfg-options``, under them (:func:`cass.api.protocol_cfg_options`,
+    as :class:`cass.api.Segmenter` applies them)."""
+    from cass.api import protocol_cfg_options
     from cass.config_files import load_config, with_vfm_path
 
+    options = protocol_cfg_options(args.config, args.cfg_options, args.protocol)
     cfg = load_config(args.config, import_custom_modules=True)
     cfg.model.pamr_steps = PAMR_STEPS[args.pamr]
     if args.clip_path is not None:
@@ -84,7 +95,7 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.model.sam_path = args.sam_path
     if args.data_root is not None:
         cfg.test_dataloader.dataset.data_root = str(args.data_root)
-    cfg.merge_from_dict(args.cfg_options)
+    cfg.merge_from_dict(options)
     cfg.launcher = args.launcher
     cfg.work_dir = str(args.work_dir or Path("work_dirs") / args.config.stem)
     if args.resume and args.save_preds is None:

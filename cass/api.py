@@ -14,6 +14,14 @@ ADE20K one, the broadest vocabulary): its model keys build the
 the input, computed by :mod:`cass.images` exactly as mmseg's pipeline does,
 so a result equals what ``eval.py`` predicts for the same file. The text embeddings of a vocabulary
 are computed once and reused.
+
+Another method of the family runs with the config's settings (``protocol='cass'``,
+the default) or with its own published ones for the config's benchmark
+(``protocol='published'``: windows, test resize, thresholds, class-name file,
+:func:`cass.family.protocol_options`), as ``eval.py``, ``demo.py`` and the web
+app do with ``--protocol``::
+
+    Segmenter("configs/cfg_voc21.py", method="trident", protocol="published")
 """
 from __future__ import annotations
 
@@ -29,12 +37,48 @@ from torch import Tensor
 
 from .build import build_model
 from .config import ConfigError
-from .config_files import load_config, model_keys, resize_scale, with_vfm_path
+from .config_files import DEFAULT_CONFIG, load_config, model_keys, resize_scale, with_vfm_path
+from .family import PROTOCOL_NAMES, protocol_options
 from .images import ImageError, as_bgr_uint8, normalise, pil_to_array, read_image, resize_keep_ratio
 from .model import CASSModel
 from .text import VocabularyError
 
 ImageInput = str | os.PathLike | np.ndarray | Image.Image
+# Without a protocol a config's settings are used as they are, whatever the method (the behaviour before
+# protocols were a setting); 'published' gives a method its own (eval_all.sh's default, the web app's).
+DEFAULT_PROTOCOL = "cass"
+
+
+def protocol_cfg_options(config: str | os.PathLike | None, cfg_options: dict | None = None,
+                         protocol: str = DEFAULT_PROTOCOL, method: str | None = None) -> dict:
+    """The overrides every entry point merges into a benchmark config: the method's ``protocol``
+    settings for the config's benchmark (:func:`cass.family.protocol_options`), then ``cfg_options``,
+    the user's explicit ones, which win.
+
+    Args:
+        config: the config file; None: the default one (ADE20K's).
+        cfg_options: mmseg-style overrides (``{'model.prob_thd': 0.1}``).
+        protocol: ``'published'`` (the method's published settings) or ``'cass'``
+            (the config's own: ``cfg_options`` unchanged).
+        method: the method; None: ``cfg_options``' ``model.method``, else the config's.
+
+    Raises:
+        ConfigError: an unknown protocol or method, or published settings asked
+            for a config that is no benchmark's (one line).
+    """
+    options = dict(cfg_options or {})
+    if protocol not in PROTOCOL_NAMES:
+        raise ConfigError(f"unknown protocol {protocol!r}; protocols: {', '.join(PROTOCOL_NAMES)}")
+    if protocol == "cass":
+        return options
+    path = DEFAULT_CONFIG if config is None else config
+    if method is None:
+        method = options.get("model.method") or load_config(path, options).model.get("method", "cass")
+    try:
+        published = protocol_options(method, path, protocol)
+    except KeyError as err:
+        raise ConfigError(err.args[0]) from None
+    return {**published, **options}
 
 
 @dataclass
@@ -89,7 +133,14 @@ class Segmenter:
         device: where the model runs (``'cpu'``, ``'cuda'``, ``'cuda:1'``).
         precision: one of :data:`cass.config.PRECISIONS` for both towers;
             None keeps the config's (``'auto'``: float32 on the CPU).
-        cfg_options: mmseg-style overrides of the config, ``{'model.prob_thd': 0.1}``.
+        cfg_options: mmseg-style overrides of the config, ``{'model.prob_thd': 0.1}``;
+            they win over the protocol's settings.
+        protocol: ``'cass'`` (default): the config's settings, whatever the
+            method; ``'published'``: the method's published settings for the
+            config's benchmark (windows, test resize, thresholds, class-name
+            file; :func:`protocol_cfg_options`), the same as ``eval.py --protocol
+            published``. Identical for CASS. ``classes``, ``class_file`` and
+            ``**overrides`` win over both.
         **overrides: model keys (:func:`cass.build.build_model`, settings of
             :class:`cass.config.CASSConfig`), e.g. ``slide_crop=0``.
     """
@@ -98,10 +149,11 @@ class Segmenter:
                  class_file: str | os.PathLike | None = None, clip_path: str | None = None,
                  vfm_path: str | None = None, device: str | torch.device = "cpu", precision: str | None = None,
                  cfg_options: dict | None = None, dino_path: str | None = None, sam_path: str | None = None,
-                 **overrides) -> None:
+                 protocol: str = DEFAULT_PROTOCOL, **overrides) -> None:
         if vfm_path is not None and dino_path is not None:
             raise ConfigError("give the VFM's weights once: vfm_path (dino_path is its old name)")
-        cfg = load_config(config, cfg_options)
+        self.protocol = protocol
+        cfg = load_config(config, protocol_cfg_options(config, cfg_options, protocol, overrides.get("method")))
         keys = with_vfm_path(model_keys(cfg), vfm_path if vfm_path is not None else dino_path)
         if clip_path is not None:
             keys["clip_path"] = clip_path

@@ -67,9 +67,11 @@ def build_model(clip_path: str = "ViT-B/16", vfm: str = "dino_vitb8", vfm_path: 
             config key) is the same setting.
         sam_overrides: segment-anything builder arguments that shrink SAM's
             image encoder (tiny test models; :data:`cass.random_weights.TINY_SAM`).
-        sam_model: a ready ``Sam`` instead of loading weights.
+        sam_model: a ready ``Sam`` instead of loading weights (either way the
+            model casts its image encoder to ``sam_precision``).
         **settings: the method's settings, keys of :class:`~cass.config.CASSConfig`
-            (``method='sclip'``, ``global_semantics_weight=0.3``, ``slide_crop=0``, ...).
+            (``method='sclip'``, ``global_semantics_weight=0.3``, ``slide_crop=0``,
+            ``precision='fp16'``, ``sam_precision='fp32'``, ...).
     """
     if dino_path is not None:
         if vfm_path is not None and vfm_path != dino_path:

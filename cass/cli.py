@@ -3,8 +3,9 @@
 :func:`add_weights_arguments` defines the weights flags (``--clip-path``, ``--vfm-path``,
 ``--sam-path``) of every program (``eval.py``, ``demo.py``, ``app.py``, ``benchmark.py``);
 :func:`add_model_arguments` adds the settings of the programs that build a model from a
-benchmark config (``demo.py``, ``app.py``). Former spellings of a flag stay accepted through
-:class:`DeprecatedAlias`, with a one-line warning.
+benchmark config (``demo.py``, ``app.py``); :func:`add_protocol_argument` the choice between a
+method's published settings and the config's (those two and ``eval.py``). Former spellings of
+a flag stay accepted through :class:`DeprecatedAlias`, with a one-line warning.
 
 torch is imported only when :func:`add_model_arguments` runs, so that ``eval.py`` can answer a
 bad command line before loading it.
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PRECISIONS
+from .family import PROTOCOL_NAMES
 
 # Former spellings of the weights flags (old name -> new name) in eval.py, demo.py and app.py.
 OLD_WEIGHTS_FLAGS: dict[str, str] = {"--dino-path": "--vfm-path"}
@@ -80,9 +82,26 @@ def add_weights_arguments(parser: argparse.ArgumentParser, random_default: bool 
     add_deprecated_aliases(parser, old_names)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_protocol_argument(parser: argparse.ArgumentParser, default: str = "cass") -> None:
+    """``--protocol {published,cass}`` (``args.protocol``): whose settings a method other than CASS runs
+    with on a benchmark config (:func:`cass.api.protocol_cfg_options`, :func:`cass.family.protocol_options`).
+
+    Args:
+        parser: the program's parser.
+        default: ``'cass'`` (``eval.py``, ``demo.py``: the config's settings, as before the flag
+            existed) or ``'published'`` (``app.py``: each method's own).
+    """
+    parser.add_argument("--protocol", choices=PROTOCOL_NAMES, default=default,
+                        help="'published': the method's (model.method) published settings for the config's "
+                             "benchmark -- windows, stride, test resize, thresholds, class-name file "
+                             "(cass/family.py) -- under --cfg-options, which win; 'cass': the config's "
+                             f"settings, whatever the method; the same for CASS (default: {default})")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, protocol: str = "cass") -> None:
     """``--config``, the weights flags of :func:`add_weights_arguments`, ``--device``, ``--precision``,
-    ``--opacity`` and ``--cfg-options`` (mmseg's ``model.key=value`` form)."""
+    ``--opacity``, ``--protocol`` (:func:`add_protocol_argument`, default ``protocol``) and
+    ``--cfg-options`` (mmseg's ``model.key=value`` form)."""
     import torch  # for the default device; only here, see the module's docstring
     from mmengine.config import DictAction  # pure Python; imported with the parser
 
@@ -95,6 +114,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="precision of both towers (default: the config's, 'auto': on CUDA CLIP fp16 and "
                              "the VFM fp32 with TF32, like the released code; fp32 on the CPU)")
     parser.add_argument("--opacity", type=float, default=0.5, help="opacity of the class colours (0 to 1)")
+    add_protocol_argument(parser, protocol)
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None, metavar="KEY=VALUE",
                         help="override config settings, mmseg style: model.prob_thd=0.1 model.slide_crop=0")
 

@@ -4,9 +4,9 @@ Each part of the method has its own small frozen dataclass, and the functions
 that implement that part take it whole, so a setting cannot be lost on the
 way. Field names are the keys of the released configs (``slide_crop``,
 ``global_semantics_weight``, ...), so an mmseg ``model=dict(...)`` maps onto
-:class:`CASSConfig` by name (:meth:`CASSConfig.from_keys`); the two precision
+:class:`CASSConfig` by name (:meth:`CASSConfig.from_keys`); the precision
 keys are the only renamed ones (``precision`` -> ``precision.clip``,
-``vfm_precision`` -> ``precision.vfm``).
+``vfm_precision`` -> ``precision.vfm``, ``sam_precision`` -> ``precision.sam``).
 
 Defaults reproduce the released code (``docs/method.md``); the per-benchmark
 values live in ``configs/cfg_<benchmark>.py``. :class:`MethodConfig` picks a
@@ -178,27 +178,36 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class PrecisionConfig:
-    """Storage and arithmetic of the two towers (spec section 7).
+    """Storage and arithmetic of the two towers and of SAM's image encoder (spec section 7).
 
     ``'auto'`` mirrors what the released code computed: on CUDA the CLIP
     towers (image and text) in float16, DINO in float32 with TF32 matrix
-    products; on the CPU everything in float32. ``'tf32'`` is float32
-    storage with TF32 matrix products on CUDA (plain float32 elsewhere).
-    Setting both to ``'fp16'`` (or ``'bf16'``) is the fast setting.
+    products, SAM's image encoder in float16; on the CPU everything in
+    float32. ``'tf32'`` is float32 storage with TF32 matrix products on CUDA
+    (plain float32 elsewhere). ``precision='fp16'`` (or ``'bf16'``), which the
+    others follow, is the fast setting.
 
     Attributes:
         clip: precision of CLIP (the config key ``precision``).
         vfm: precision of the VFM (config key ``vfm_precision``); None
             follows ``clip`` (``'auto'`` stays ``'auto'``: float32/TF32).
+        sam: precision of SAM's image encoder where a method uses SAM
+            (config key ``sam_precision``); None follows ``clip`` (``'auto'``
+            stays ``'auto'``: float16 on CUDA, as Trident's release runs it,
+            float32 on the CPU). SAM's prompt encoder and mask decoder
+            always compute in float32, as released.
     """
 
     clip: str = "auto"
     vfm: str | None = None
+    sam: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.clip in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.clip!r}")
         _check(self.vfm is None or self.vfm in PRECISIONS,
                f"vfm_precision must be one of {PRECISIONS} or None, got {self.vfm!r}")
+        _check(self.sam is None or self.sam in PRECISIONS,
+               f"sam_precision must be one of {PRECISIONS} or None, got {self.sam!r}")
 
     def resolve(self, device_type: str) -> tuple[str, str]:
         """Concrete (clip, vfm) precisions on a device type: each of fp32, tf32, fp16, bf16."""
@@ -207,6 +216,11 @@ class PrecisionConfig:
         clip = ("fp16" if cuda else "fp32") if self.clip == "auto" else self.clip
         vfm = ("tf32" if cuda else "fp32") if vfm == "auto" else vfm
         return clip, vfm
+
+    def resolve_sam(self, device_type: str) -> str:
+        """Concrete precision of SAM's image encoder on a device type: fp32, tf32, fp16 or bf16."""
+        sam = self.clip if self.sam is None else self.sam
+        return ("fp16" if device_type == "cuda" else "fp32") if sam == "auto" else sam
 
 
 @dataclass(frozen=True)
@@ -284,7 +298,7 @@ class SAMConfig:
         sam_aggregation: mix the image's features (Trident: its spliced crop
             features; a logit-merging method: its merged query logits) on SAM's
             token grid with the correlation of SAM's last global block
-            (:func:`cass.trident.sam_correlation`); None: as published (the
+            (:func:`cass.sam_math.sam_correlation`); None: as published (the
             method entry's ``sam_aggregation``: Trident only).
         sam_refinement: refine the coarse prediction with SAM prompts (box,
             top point and mask of each connected region); None: as published
@@ -330,7 +344,8 @@ class SAMConfig:
 
 
 # config keys whose dataclass field has another name
-_RENAMED = {"precision": ("precision", "clip"), "vfm_precision": ("precision", "vfm"), "method": ("method", "name")}
+_RENAMED = {"precision": ("precision", "clip"), "vfm_precision": ("precision", "vfm"),
+            "sam_precision": ("precision", "sam"), "method": ("method", "name")}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -24,11 +23,13 @@ import torch.nn.functional as F
 from open_clip.model import convert_weights_to_lp
 from torch import Tensor, nn
 
-from . import clip_vit, methods, text, trident
+from . import clip_vit, methods, text
 from .backbones import VFM_SPECS, VFMSpec
 from .config import CASSConfig, ConfigError
 from .family import get_method, requirements
 from .images import rgb_uint8
+from .merges import MERGE_STEPS
+from .method_context import MethodContext
 from .pamr import pamr_within_memory
 from .stages import stage
 from .text import Vocabulary
@@ -91,7 +92,10 @@ class CASSModel(nn.Module):
     expect: ``.half()`` / ``.to(torch.float16)`` is ``precision='fp16'``,
     ``.bfloat16()`` ``'bf16'``, ``.float()`` ``'fp32'`` (LayerNorms and
     embeddings stay float32, as in OpenAI's half-precision CLIP); ``.double()``
-    is refused. Segmenting never changes a parameter or a dtype.
+    is refused. SAM's image encoder, where a method uses SAM, follows CLIP's
+    precision unless ``sam_precision`` is set (``'auto'``: float16 on CUDA as
+    Trident's release runs it, float32 on the CPU; its prompt encoder and
+    mask decoder stay float32). Segmenting never changes a parameter or a dtype.
 
     Args:
         clip: open_clip ``CLIP`` in OpenAI's layout (CLS pooling, EOT text pooling).
@@ -106,7 +110,8 @@ class CASSModel(nn.Module):
             (``$CASS_CACHE_DIR/text``), False: no cache.
         sam: segment-anything ``Sam`` where the configuration uses SAM
             (``sam_aggregation``, ``sam_refinement``: Trident's default, an
-            option of every method); it stays float32 on every device.
+            option of every method); its image encoder is cast to
+            :meth:`sam_precision` (:meth:`cass.sam_guide.SAMGuide.set_precision`).
     """
 
     def __init__(self, clip: nn.Module, vfm: nn.Module | None, vocabulary: Vocabulary,
@@ -118,7 +123,7 @@ class CASSModel(nn.Module):
         self.text_cache_dir = text_cache_dir
         self.clip = clip.eval()
         self.method = get_method(self.config.method.name)
-        self.merge = self.method.merge  # how crops become an image (cass.family.MERGES)
+        self.merge_step = MERGE_STEPS[self.method.merge]  # how crops become an image (cass.merges)
         need = requirements(self.config)
         if not need.vfm:
             vfm = None  # never looked at: not kept, not moved, not cast
@@ -166,8 +171,12 @@ class CASSModel(nn.Module):
         """(clip, vfm) precision on the model's current device: fp32, tf32, fp16 or bf16."""
         return self.config.precision.resolve(self.device.type)
 
+    def sam_precision(self) -> str:
+        """SAM's image-encoder precision on the model's current device: fp32, tf32, fp16 or bf16."""
+        return self.config.precision.resolve_sam(self.device.type)
+
     def _set_precision(self) -> None:
-        """Cast the towers to the configured precision for their device."""
+        """Cast the towers (and SAM's image encoder) to the configured precision for their device."""
         clip_precision, vfm_precision = self.precisions()
         dtype = DTYPES[clip_precision]
         if self.clip.visual.conv1.weight.dtype != dtype or self.clip.text_projection.dtype != dtype:
@@ -178,6 +187,8 @@ class CASSModel(nn.Module):
                 convert_weights_to_lp(self.clip, dtype)
         if self.vfm is not None and self.vfm.patch_embed.proj.weight.dtype != DTYPES[vfm_precision]:
             self.vfm.to(DTYPES[vfm_precision])
+        if self.sam_guide is not None:
+            self.sam_guide.set_precision(self.sam_precision())
         self._text = None  # text embeddings follow the text tower's device and precision
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
@@ -185,10 +196,13 @@ class CASSModel(nn.Module):
         self._set_precision()
         return self
 
-    def set_precision(self, precision: str, vfm_precision: str | None = None) -> CASSModel:
+    def set_precision(self, precision: str, vfm_precision: str | None = None,
+                      sam_precision: str | None = None) -> CASSModel:
         """Set the towers' precision (``'auto'``, ``'fp32'``, ``'tf32'``, ``'fp16'``, ``'bf16'``;
-        ``vfm_precision`` None: the same for the VFM) and cast them; returns the model."""
-        self.config = self.config.replace(precision=precision, vfm_precision=vfm_precision)
+        ``vfm_precision``, ``sam_precision`` None: the same for the VFM, for SAM's image encoder)
+        and cast them; returns the model."""
+        self.config = self.config.replace(precision=precision, vfm_precision=vfm_precision,
+                                          sam_precision=sam_precision)
         self._set_precision()
         return self
 
@@ -285,7 +299,12 @@ class CASSModel(nn.Module):
         Returns:
             (B, M, E) L2-normalised float32 features and their grid.
         """
-        return self._last_block(self, crops, tokens, grid)
+        return self._last_block(self.method_context(), crops, tokens, grid)
+
+    def method_context(self) -> MethodContext:
+        """What the method's pass may use (:class:`~cass.method_context.MethodContext`): the towers,
+        the settings and the precision contexts as they are now."""
+        return MethodContext(self.clip, self.vfm, self.vfm_spec, self.config, self.tf32)
 
     @torch.no_grad()
     def crop_logits(self, crops: Tensor, image_embeddings: Tensor | None) -> Tensor:
@@ -321,54 +340,18 @@ class CASSModel(nn.Module):
 
     @torch.no_grad()
     def query_logits(self, images: Sequence[Tensor]) -> list[Tensor]:
-        """Sliding-window (or whole-image) query logits for each image.
-
-        Crops become an image as the method's entry says: ``merge='logits'``
-        averages the crops' logits over the windows (all crops of all images
-        go through the towers in batches of equal-size crops; the whole-image
-        embedding ``v`` is computed once per image); ``merge='features'``
-        splices each image's crop features (:meth:`spliced_features`) and
-        returns logits on that grid, without SAM's aggregation (see :meth:`forward`).
+        """Query logits of each image, its crops merged as the method's entry says
+        (:data:`cass.merges.MERGE_STEPS`), without SAM's aggregation (see :meth:`forward`).
 
         Args:
             images: (3, H_i, W_i) CLIP-normalised resized images.
 
         Returns:
-            (Q, H_i, W_i) float32 logits per image (merge='features': on the
-            spliced token grid).
+            (Q, h_i, w_i) float32 logits per image: at the image's size (``merge='logits'``),
+            or on the grid its crops were spliced into (``merge='features'``).
         """
         self._check_inputs(images)
-        if self.merge == "features":
-            return [self.features_logits(self.spliced_features(img)) for img in images]
-        window = self.config.window
-        boxes = [image_boxes(*img.shape[-2:], self.config) for img in images]
-        embeddings: list[Tensor | None] = [None] * len(images)
-        if not window.whole_image and not self.config.text.prior_from_crop and self.config.method.refines_text:
-            by_shape = defaultdict(list)
-            for i, img in enumerate(images):
-                by_shape[tuple(img.shape)].append(i)
-            for idx in by_shape.values():
-                for chunk in _chunks(idx, window.crop_batch_size):
-                    for i, v in zip(chunk, self.global_embeddings(torch.stack([images[i] for i in chunk]))):
-                        embeddings[i] = v
-        jobs = defaultdict(list)  # crop shape -> (image, box)
-        for i, image_boxes_ in enumerate(boxes):
-            for box in image_boxes_:
-                jobs[(box[2] - box[0], box[3] - box[1])].append((i, box))
-        queries = len(self.vocabulary.queries)
-        sums = [img.new_zeros(queries, *img.shape[-2:], dtype=torch.float32) for img in images]
-        counts = [img.new_zeros(1, *img.shape[-2:], dtype=torch.float32) for img in images]
-        for items in jobs.values():
-            for chunk in _chunks(items, window.crop_batch_size):
-                crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, x1, y2, x2) in chunk])
-                prior = None if embeddings[chunk[0][0]] is None else torch.stack([embeddings[i] for i, _ in chunk])
-                logits = self.crop_logits(crops, prior)
-                with stage("post"):
-                    for (i, (y1, x1, y2, x2)), crop_logits in zip(chunk, logits):
-                        sums[i][:, y1:y2, x1:x2] += crop_logits
-                        counts[i][:, y1:y2, x1:x2] += 1
-        with stage("post"):
-            return [s / c for s, c in zip(sums, counts)]
+        return [self.merge_step.logits(self, maps) for maps in self.merge_step.maps(self, images)]
 
     def _check_inputs(self, images: Sequence[Tensor]) -> None:
         for img in images:
@@ -377,57 +360,6 @@ class CASSModel(nn.Module):
             if min(img.shape[-2:]) < self.patch_size:
                 raise ValueError(f"image of {tuple(img.shape[-2:])} px after resizing is smaller than one "
                                  f"CLIP patch ({self.patch_size} px); it is too thin to segment")
-
-    @torch.no_grad()
-    def spliced_features(self, image: Tensor) -> Tensor:
-        """``merge='features'`` (Trident): one image's window features spliced into one grid.
-
-        The image is resized as Trident's ``preprocess_image``
-        (:func:`cass.trident.preprocess_size`: sides to multiples of CLIP's
-        patch, at least ``slide_crop``), cut into its windows
-        (:func:`cass.trident.sliding_windows`; one window with
-        ``slide_crop=0``), all of which go through CLIP's trunk and the
-        method's last block together; their features are spliced, overlaps
-        averaged (:func:`cass.trident.splice_crops`).
-
-        Args:
-            image: (3, H, W) CLIP-normalised resized image.
-
-        Returns:
-            (D, h, w) features before ``ln_post`` and ``proj``.
-        """
-        patch, window = self.patch_size, self.config.window
-        crop = 0 if window.whole_image else window.slide_crop
-        with stage("post"):
-            size = trident.preprocess_size(*image.shape[-2:], patch, crop)
-            if size != tuple(image.shape[-2:]):
-                image = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-            if window.whole_image:
-                windows = torch.tensor([[0, 0, size[0] // patch, size[1] // patch]])
-            else:
-                windows, _ = trident.sliding_windows(*size, crop, window.slide_stride, patch)
-            crops = torch.stack([image[:, y1 * patch:y2 * patch, x1 * patch:x2 * patch]
-                                 for y1, x1, y2, x2 in windows.tolist()])
-        with stage("clip"), self.tf32("clip"):
-            tokens = [clip_vit.clip_trunk(self.clip.visual, chunk)
-                      for chunk in crops.split(window.crop_batch_size)]
-            grid = tokens[0][1]
-            tokens = torch.cat([t for t, _ in tokens])
-        feats, ratio = self.patch_features(crops, tokens, grid)
-        with stage("post"):
-            return trident.splice_crops(feats[None], windows, (size[0] // patch, size[1] // patch), ratio)[0]
-
-    @torch.no_grad()
-    def features_logits(self, feats: Tensor) -> Tensor:
-        """(D, h, w) image features before the head -> (Q, h, w) query logits.
-
-        ``proj(ln_post(x))``, L2-normalised, dotted with the query embeddings.
-        """
-        text_feats = self.text_state()[0]
-        with stage("clip"), self.tf32("clip"):
-            projected = clip_vit.project_patches(self.clip.visual, feats.flatten(1).T)  # (h w, E)
-        with stage("text"):
-            return (projected @ text_feats.T).T.reshape(-1, *feats.shape[-2:])
 
     def postprocess(self, logits: Tensor, image: Tensor, out_size: tuple[int, int]) -> Prediction:
         """Query logits -> class probabilities and label map at ``out_size``.
@@ -505,21 +437,15 @@ class CASSModel(nn.Module):
                 raise ValueError(f"SAM image of {tuple(rgb.shape[:2])} px for an output of {tuple(size)} px: "
                                  "pass each original image at its output size")
         self._check_inputs(images)
-        merged = self.query_logits(images) if self.merge == "logits" else [None] * len(images)
         predictions = []
-        for img, size, rgb, logits in zip(images, out_sizes, sam_images, merged):
+        for img, size, rgb, maps in zip(images, out_sizes, sam_images, self.merge_step.maps(self, images)):
             view = self.sam_guide.set_image(rgb, self.patch_size, correlation=self.config.sam_aggregates)
-            if logits is None:
-                feats = self.spliced_features(img)
-                logits = self.features_logits(feats if view is None else self.sam_guide.aggregate(feats, view))
-            elif view is not None:
-                logits = self.sam_guide.aggregate(logits, view)
+            if view is not None:  # SAM's correlation mixes what the merge step gives: logits or features
+                maps = self.sam_guide.aggregate(maps, view)
+            logits = self.merge_step.logits(self, maps)
             prediction = self.postprocess(logits, img, tuple(size))
             if self.config.sam_refines:
                 prediction = Prediction(*self.sam_guide.refine(prediction.probs, prediction.labels))
             predictions.append(prediction)
         return predictions
 
-
-def _chunks(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]

@@ -1,6 +1,6 @@
 """SAM's image encoder up to its last global block: that block's attention and values (Trident's input).
 
-Trident (:func:`cass.trident.sam_correlation`) weighs CLIP's aggregation by
+Trident (:func:`cass.sam_math.sam_correlation`) weighs CLIP's aggregation by
 the softmax attention of the last global-attention block of SAM's
 ``ImageEncoderViT`` and that block's values. They are recomputed here from
 the block's own modules, as segment-anything's ``Attention.forward`` does

@@ -2,23 +2,28 @@
 
 :class:`SAMGuide` wraps segment-anything's ``SamPredictor`` (the library's
 own preprocessing, encoder and prompt decoding) and the math of
-:mod:`cass.trident`. Per image it
+:mod:`cass.sam_math`. Per image it
 
 1. resizes the original RGB image up to multiples of CLIP's patch and lets
    the predictor encode it (Cityscapes: the left and right halves, then the
    whole image for refinement), recording the input of the encoder's last
    global attention in the same pass (:func:`cass.sam_encoder.last_global_input`);
 2. turns that attention into Trident's correlation weights on SAM's valid
-   token grid (:func:`cass.trident.sam_correlation`) and mixes an image's
+   token grid (:func:`cass.sam_math.sam_correlation`) and mixes an image's
    features or logits with them (:meth:`SAMGuide.aggregate`);
 3. refines a coarse prediction with box, point and mask prompts of its
    connected regions (:meth:`SAMGuide.refine`).
+
+SAM's image encoder computes in the precision the model sets
+(:meth:`SAMGuide.set_precision`, the config key ``sam_precision``); its
+prompt encoder and mask decoder in float32, as released.
 
 References: ``Trident.get_trident_seg`` / ``get_sam_feat`` (``trident.py``)
 and ``sam_refinement`` (``seg_utils/utils.py``) of YuHengsss/Trident.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import cv2
@@ -27,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import trident
+from . import sam_math
 from .config import SAMConfig
 from .images import ImageError
+from .model import DTYPES, tf32_matmuls
 from .sam_encoder import block_attention, last_global_index, last_global_input
 from .stages import stage
 
@@ -70,7 +76,8 @@ class SAMGuide(nn.Module):
     """SAM's aggregation and refinement for one image at a time.
 
     Args:
-        sam: segment-anything ``Sam`` (:func:`cass.weights.load_sam`).
+        sam: segment-anything ``Sam`` (:func:`cass.weights.load_sam`), used
+            in its own dtypes until :meth:`set_precision`.
         config: the settings (:class:`~cass.config.SAMConfig`).
     """
 
@@ -82,6 +89,26 @@ class SAMGuide(nn.Module):
         self.config = config
         self.predictor = SamPredictor(self.sam)  # holds the image set last (its embedding, sizes)
         self._image_size: tuple[int, int] | None = None
+        self.precision: str | None = None  # None: SAM's dtypes as given, no TF32
+
+    def set_precision(self, precision: str) -> None:
+        """Cast SAM's image encoder to ``precision`` (fp32, tf32, fp16 or bf16; see
+        :meth:`cass.config.PrecisionConfig.resolve_sam`), as Trident's release does for float16
+        (``sam.half()``, then its prompt encoder and mask decoder ``.float()``): the whole ``Sam``,
+        its normalisation buffers included (the encoder's input then has its dtype), then the
+        prompt encoder and the mask decoder back to float32. ``'tf32'``: float32 with TF32 matrix
+        products on CUDA in the encoder's forward.
+        """
+        dtype = DTYPES[precision]
+        if self.sam.image_encoder.patch_embed.proj.weight.dtype != dtype:
+            self.sam.to(dtype)
+            self.sam.prompt_encoder.float()
+            self.sam.mask_decoder.float()
+        self.precision = precision
+
+    def _tf32(self) -> contextlib.AbstractContextManager:
+        """TF32 products on CUDA inside the block when SAM's image encoder computes in tf32."""
+        return tf32_matmuls(self.precision == "tf32" and self.predictor.device.type == "cuda")
 
     @property
     def patch_size(self) -> int:
@@ -111,17 +138,19 @@ class SAMGuide(nn.Module):
         attention = self.sam.image_encoder.blocks[last_global_index(self.sam.image_encoder)].attn
         side = self.sam.image_encoder.img_size // self.patch_size
         for part, grid in zip(parts, grids) if correlation else []:
-            with stage("sam"), last_global_input(self.sam.image_encoder) as seen:
+            with stage("sam"), last_global_input(self.sam.image_encoder) as seen, self._tf32():
                 self.predictor.set_image(np.ascontiguousarray(part))
             with stage("aggregate"):
-                attn, values = block_attention(attention, seen.pop("x"))
+                with self._tf32():  # the encoder's attention, in the encoder's dtype (float16: as released)
+                    attn, values = block_attention(attention, seen.pop("x"))
+                # the correlation computes in float32 whatever the encoder's dtype (the release: in that dtype)
                 values = values.reshape(*values.shape[:2], side, side, -1)
-                attn, values = trident.crop_sam_tokens(attn, values, grid)
-                view.weights.append(trident.sam_correlation(attn, values, self.config.cos_fac,
-                                                            self.config.refine_neg_cos)[0])
+                attn, values = sam_math.crop_sam_tokens(attn, values, grid)
+                view.weights.append(sam_math.sam_correlation(attn, values, self.config.cos_fac,
+                                                             self.config.refine_neg_cos)[0])
                 view.grids.append(grid)
         if not correlation or len(parts) > 1:  # the whole image, for refinement
-            with stage("sam"):
+            with stage("sam"), self._tf32():
                 self.predictor.set_image(np.ascontiguousarray(image))
         return view
 
@@ -143,14 +172,14 @@ class SAMGuide(nn.Module):
 
         Each part (the image, or its halves split at column ``W // 2``) is
         resized to its SAM grid (bilinear) and multiplied by its weights
-        (:func:`cass.trident.aggregate`, :func:`cass.trident.aggregate_halves`).
+        (:func:`cass.sam_math.aggregate`, :func:`cass.sam_math.aggregate_halves`).
         """
         with stage("aggregate"):
             if len(view.weights) == 1:
-                mixed = trident.aggregate(maps[None], view.weights[0][None], view.grids[0])
+                mixed = sam_math.aggregate(maps[None], view.weights[0][None], view.grids[0])
             else:
-                mixed = trident.aggregate_halves(maps[None], (view.weights[0][None], view.weights[1][None]),
-                                                 tuple(view.grids))
+                mixed = sam_math.aggregate_halves(maps[None], (view.weights[0][None], view.weights[1][None]),
+                                                  tuple(view.grids))
             h, w = view.grid
             return mixed[0].T.reshape(-1, h, w)
 
@@ -159,11 +188,11 @@ class SAMGuide(nn.Module):
         """Trident's SAM refinement of the image set last (``sam_refinement``, as released).
 
         Connected regions of the half-resolution coarse labels
-        (:func:`cass.trident.region_prompts`) prompt SAM with their box, their
+        (:func:`cass.sam_math.region_prompts`) prompt SAM with their box, their
         top-probability point and their class's mask prompt; masks whose
         predicted IoU exceeds ``sam_iou_thresh`` are merged
-        (:func:`cass.trident.merge_refined`), rejected regions get their
-        coarse scores back (:func:`cass.trident.restore_failed`). Without any
+        (:func:`cass.sam_math.merge_refined`), rejected regions get their
+        coarse scores back (:func:`cass.sam_math.restore_failed`). Without any
         accepted mask the coarse prediction is returned unchanged.
 
         Args:
@@ -178,18 +207,20 @@ class SAMGuide(nn.Module):
         cfg, predictor = self.config, self.predictor
         num_classes = probs.shape[0]
         with stage("refine"):
-            small_labels, small_probs = trident.refinement_inputs(labels, probs, cfg.coarse_thresh)
+            if predictor.is_image_set:  # as released: a float16 encoder's embedding, decoded in float32
+                predictor.features = predictor.features.float()
+            small_labels, small_probs = sam_math.refinement_inputs(labels, probs, cfg.coarse_thresh)
             # Every class makes regions, with or without a coarse threshold: the release's ``split_last``
             # skips only its extra "below the threshold" channel (its docstring says otherwise; its code rules)
-            regions = trident.region_prompts(small_labels.cpu().numpy(), small_probs.cpu().numpy(), num_classes,
-                                             cfg.coarse_thresh, cfg.minimal_area)
+            regions = sam_math.region_prompts(small_labels.cpu().numpy(), small_probs.cpu().numpy(), num_classes,
+                                              cfg.coarse_thresh, cfg.minimal_area)
             small = tuple(small_labels.shape)
             device = predictor.device
             kept_logits, kept_classes, failed = [], [], []
             for c in sorted({r["class"] for r in regions}):
                 group = [r for r in regions if r["class"] == c]
-                mask = trident.mask_prompt(small_probs[c].cpu().numpy(), self._image_size, cfg.coarse_thresh,
-                                           cfg.sam_mask_coff)
+                mask = sam_math.mask_prompt(small_probs[c].cpu().numpy(), self._image_size, cfg.coarse_thresh,
+                                            cfg.sam_mask_coff)
                 boxes = torch.as_tensor(np.stack([r["box"] for r in group]), dtype=torch.float32, device=device)
                 points = torch.as_tensor(np.stack([r["point"] for r in group]), dtype=torch.float32, device=device)
                 _, scores, low_res = predictor.predict_torch(
@@ -200,7 +231,7 @@ class SAMGuide(nn.Module):
                     # one unbatched image, and its LayerNorm2d then normalises over rows instead of channels
                     mask_input=torch.as_tensor(mask, device=device)[None],
                     multimask_output=False)
-                keep = torch.as_tensor(trident.keep_confident(scores.cpu().numpy(), cfg.sam_iou_thresh))
+                keep = torch.as_tensor(sam_math.keep_confident(scores.cpu().numpy(), cfg.sam_iou_thresh))
                 failed += [torch.as_tensor(r["mask"]) for r, k in zip(group, keep.tolist()) if not k]
                 if keep.any():
                     kept_logits.append(low_res[keep.to(low_res.device)])
@@ -212,9 +243,9 @@ class SAMGuide(nn.Module):
             if tuple(logits.shape[-2:]) != tuple(labels.shape):
                 logits = F.interpolate(logits, tuple(labels.shape), mode="bilinear", align_corners=False)
             region_classes = torch.tensor(kept_classes, device=logits.device)
-            new_labels, scores = trident.merge_refined(logits[:, 0], region_classes, probs, labels,
-                                                       self.sam.mask_threshold)
+            new_labels, scores = sam_math.merge_refined(logits[:, 0], region_classes, probs, labels,
+                                                        self.sam.mask_threshold)
             if failed:
-                new_labels, scores = trident.restore_failed(torch.stack(failed).to(probs.device), probs, scores,
-                                                            new_labels, labels)
+                new_labels, scores = sam_math.restore_failed(torch.stack(failed).to(probs.device), probs, scores,
+                                                             new_labels, labels)
             return scores, new_labels

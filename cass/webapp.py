@@ -6,13 +6,17 @@ what a page serving many people needs around it, and imports no Gradio:
 * :func:`catalogue`: which backbones have weights here (the flags of
   ``demo.py``, the weights cache, or the public release downloaded once) and
   which file each of the others needs;
-* :class:`ModelCache`: one Segmenter per (method, CLIP, VFM), built on first
-  use and reused; one request per model at a time, the others wait first come,
-  first served and are told their place; the least recently used models are
-  dropped beyond ``max_models``;
+* :func:`load_presets`: a method's settings for each benchmark -- its
+  published ones (``--protocol published``, :func:`cass.family.protocol_options`,
+  as ``eval.py`` and :class:`~cass.api.Segmenter` apply them) or the
+  benchmark configs' (``cass``): test resize, windows, thresholds, class file;
+* :class:`~cass.model_cache.ModelCache` (its own module): one Segmenter per
+  (method, CLIP, VFM), built on first use and reused; one request per model
+  at a time, the others wait first come, first served and are told their
+  place; the least recently used models are dropped beyond ``max_models``;
 * :class:`Engine`: a request (image file, class text, method, backbones,
   benchmark preset, threshold, PAMR) in, the overlay, legend, files and
-  timings out. The preset's windows, the threshold and PAMR are settings of
+  timings out. The preset's settings, the threshold and PAMR are settings of
   the shared model, set for each request while it holds the model.
 """
 from __future__ import annotations
@@ -24,9 +28,7 @@ import re
 import shutil
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,8 @@ from .api import Segmentation, Segmenter
 from .backbones import CLIP_SPECS, VFM_SPECS
 from .config import CASSConfig, ConfigError
 from .config_files import load_config, model_keys, resize_scale
-from .family import BENCHMARKS, CONFIGS_DIR, METHODS, requirements
+from .family import BENCHMARKS, CONFIGS_DIR, METHODS, PROTOCOL_NAMES, get_method, protocol_options, requirements
+from .model_cache import ModelCache, ModelKey, ModelSlot  # noqa: F401 - ModelSlot: still importable from here
 from .images import ImageError, read_image
 from .text import Vocabulary, VocabularyError, class_list
 from .visualize import LegendEntry, format_share, legend_record, render
@@ -76,50 +79,103 @@ def parse_classes(text: str) -> list[str]:
 
 
 # ------------------------------------------------------------------ presets
+# The model settings a preset sets on the shared model for each request: the windows and the threshold,
+# and with a method's published protocol its other published settings, except those fixed when the model
+# is built (its towers: SAM's size; the VFM is the page's choice).
+WINDOW_KEYS = ("slide_crop", "slide_stride", "prob_thd")
+BUILD_KEYS = ("sam_model_type",)
+
+
+def request_keys(method: str, protocol: str) -> tuple[str, ...]:
+    """The model settings every preset of ``method`` sets for each request under ``protocol``.
+
+    The same keys for all its presets (those the method publishes for any
+    benchmark), so that no preset leaves a setting behind for the next request.
+    """
+    keys = list(WINDOW_KEYS)
+    if protocol == "published":
+        table = CASSConfig.key_table()
+        for settings in get_method(method).protocol.values():
+            keys += [key for key in settings if key in table and key not in BUILD_KEYS and key not in keys]
+    return tuple(keys)
+
+
 @dataclass(frozen=True)
 class Preset:
-    """The window settings and vocabulary of a benchmark config.
+    """A benchmark's settings for one method: test resize, windows, threshold and vocabulary, and
+    under the published protocol the method's other published settings on that benchmark.
 
     Attributes:
         name: the benchmark's column name (``'ADE20K'``) or the config's file name.
-        class_file: its class-name file.
-        slide_crop, slide_stride: the sliding window (crop 0: the whole image).
-        prob_thd: its probability threshold (the page's default).
+        class_file: its class-name file (the method's own where it ships one).
         scale: its test ``Resize`` scale, (long side bound, short side).
+        settings: the model settings set for each request (:func:`request_keys`),
+            ``slide_crop``, ``slide_stride`` and ``prob_thd`` (the page's default) among them.
+        published: the settings are the method's published ones (False: the config's).
+        own_class_file: ``class_file`` is the method's, not the benchmark config's.
+        vfm: the VFM they name (the method's published one, else the config's).
     """
 
     name: str
     class_file: Path
-    slide_crop: int
-    slide_stride: int
-    prob_thd: float
     scale: tuple[int, int]
+    settings: dict[str, Any] = field(default_factory=dict)
+    published: bool = False
+    own_class_file: bool = False
+    vfm: str | None = None
+
+    @property
+    def slide_crop(self) -> int:
+        """The window's side (0: the whole image)."""
+        return int(self.settings["slide_crop"])
+
+    @property
+    def slide_stride(self) -> int:
+        return int(self.settings["slide_stride"])
+
+    @property
+    def prob_thd(self) -> float:
+        return float(self.settings["prob_thd"])
 
     @property
     def label(self) -> str:
         windows = "whole image" if self.slide_crop <= 0 else f"{self.slide_crop} px windows, stride {self.slide_stride}"
-        return f"{self.name}: short side {self.scale[1]}, {windows}"
+        label = f"{self.name}: short side {self.scale[1]}, {windows}, threshold {self.prob_thd:g}"
+        if self.own_class_file:
+            path = self.class_file
+            label += f", classes {path.relative_to(CONFIGS_DIR) if path.is_relative_to(CONFIGS_DIR) else path}"
+        return label
 
     def classes_text(self) -> str:
         """The vocabulary as the text box shows it: the class file, one class per line."""
         return self.class_file.read_text(encoding="utf-8").strip()
 
 
-def load_preset(config: str | Path, name: str | None = None) -> Preset:
-    cfg = load_config(config)
+def load_preset(config: str | Path, name: str | None = None, method: str = "cass", protocol: str = "cass",
+                cfg_options: dict[str, Any] | None = None) -> Preset:
+    """The preset of a config for ``method``: under ``protocol='published'`` the config with the method's
+    published settings for its benchmark (:func:`cass.family.protocol_options`), then ``cfg_options``
+    (the app's ``--cfg-options``, which win), as :class:`~cass.api.Segmenter` reads them. A config that
+    is no benchmark's has no published settings: its own are used."""
+    own = protocol if Path(config).stem in BENCHMARKS else "cass"
+    published = {key: value for key, value in protocol_options(method, config, own).items() if key != "model.method"}
+    cfg = load_config(config, {**published, **(cfg_options or {})})
     keys = model_keys(cfg)
-    window, output = CASSConfig().window, CASSConfig().output
-    return Preset(name=name or Path(config).stem, class_file=Path(keys["name_path"]),
-                  slide_crop=int(keys.get("slide_crop", window.slide_crop)),
-                  slide_stride=int(keys.get("slide_stride", window.slide_stride)),
-                  prob_thd=float(keys.get("prob_thd", output.prob_thd)), scale=tuple(resize_scale(cfg)))
+    table = CASSConfig.key_table()
+    values = CASSConfig.from_keys({key: value for key, value in keys.items() if key in table}).to_keys()
+    return Preset(name=name or Path(config).stem, class_file=Path(keys["name_path"]), scale=tuple(resize_scale(cfg)),
+                  settings={key: values[key] for key in request_keys(method, protocol)}, published=bool(published),
+                  own_class_file="model.name_path" in published, vfm=keys.get("vfm"))
 
 
-def load_presets(extra: str | Path | None = None) -> dict[str, Preset]:
-    """The eight benchmarks' presets (:data:`cass.family.BENCHMARKS`), and ``extra`` (a config) if it is another."""
-    presets = {title: load_preset(CONFIGS_DIR / f"{config}.py", title) for config, title in BENCHMARKS.items()}
+def load_presets(extra: str | Path | None = None, method: str = "cass", protocol: str = "cass",
+                 cfg_options: dict[str, Any] | None = None) -> dict[str, Preset]:
+    """The eight benchmarks' presets (:data:`cass.family.BENCHMARKS`) for ``method``, and ``extra`` (a
+    config) if it is another (:func:`load_preset`); the defaults give the benchmark configs' own settings."""
+    presets = {title: load_preset(CONFIGS_DIR / f"{config}.py", title, method, protocol, cfg_options)
+               for config, title in BENCHMARKS.items()}
     if extra is not None and Path(extra).stem not in BENCHMARKS:
-        preset = load_preset(extra)
+        preset = load_preset(extra, None, method, protocol, cfg_options)
         presets[preset.name] = preset
     return presets
 
@@ -176,111 +232,6 @@ def catalogue(default_clip: str, default_vfm: str, clip_path: str | None = None,
     return clips, vfms
 
 
-# ------------------------------------------------------------------ the model cache
-class ModelSlot:
-    """One model of the cache and the requests for it: one at a time, first come, first served."""
-
-    def __init__(self) -> None:
-        self.segmenter: Segmenter | None = None
-        self.last_used = 0.0
-        self._cond = threading.Condition()
-        self._next_ticket = 0
-        self._serving = 0
-        self._abandoned: set[int] = set()  # tickets whose requests left the line
-
-    @property
-    def busy(self) -> bool:
-        with self._cond:
-            return self._serving != self._next_ticket
-
-    @contextmanager
-    def turn(self, on_wait: Callable[[int], None] = lambda ahead: None, poll: float = 0.5) -> Iterator[None]:
-        """Hold the model; while waiting, ``on_wait(requests ahead)`` is called each time that number changes.
-
-        A request that fails while waiting (``on_wait`` raises) leaves the line
-        without holding up those behind it.
-        """
-        with self._cond:
-            ticket = self._next_ticket
-            self._next_ticket += 1
-        try:
-            told = None
-            while True:
-                with self._cond:
-                    ahead = ticket - self._serving
-                    if ahead > 0 and ahead == told:
-                        self._cond.wait(poll)
-                        continue
-                if ahead == 0:
-                    break
-                on_wait(ahead)  # outside the lock: it may talk to the page
-                told = ahead
-        except BaseException:
-            with self._cond:
-                if ticket == self._serving:
-                    self._advance()
-                else:
-                    self._abandoned.add(ticket)
-            raise
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.last_used = time.monotonic()
-                self._advance()
-
-    def _advance(self) -> None:
-        """Serve the next ticket still in line (called with the lock held)."""
-        self._serving += 1
-        while self._serving in self._abandoned:
-            self._abandoned.discard(self._serving)
-            self._serving += 1
-        self._cond.notify_all()
-
-
-ModelKey = tuple[str, str, str | None]  # (method, CLIP, VFM or None when the method uses none)
-
-
-class ModelCache:
-    """Segmenters keyed by (method, CLIP, VFM), each behind its :class:`ModelSlot`.
-
-    At most ``max_models`` stay built: after a request the least recently used
-    idle ones beyond that are dropped (built again when next asked for).
-    """
-
-    def __init__(self, max_models: int = 3) -> None:
-        if max_models < 1:
-            raise ValueError(f"max_models must be at least 1, got {max_models}")
-        self.max_models = max_models
-        self._slots: OrderedDict[ModelKey, ModelSlot] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def slot(self, key: ModelKey) -> ModelSlot:
-        with self._lock:
-            slot = self._slots.setdefault(key, ModelSlot())
-            self._slots.move_to_end(key)
-            return slot
-
-    def built(self) -> list[ModelKey]:
-        """The keys of the models built now, least recently used first."""
-        with self._lock:
-            return [key for key, slot in self._slots.items() if slot.segmenter is not None]
-
-    def trim(self) -> None:
-        """Drop the least recently used idle models beyond ``max_models``."""
-        with self._lock:
-            built = sorted((key for key, slot in self._slots.items() if slot.segmenter is not None),
-                           key=lambda key: self._slots[key].last_used)
-            for key in built[:max(0, len(built) - self.max_models)]:
-                slot = self._slots[key]
-                if not slot.busy:
-                    slot.segmenter = None
-                    logger.info("dropped the model %s (more than %d built)", "/".join(map(str, key)),
-                                self.max_models)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-
 # ------------------------------------------------------------------ requests
 @dataclass(frozen=True)
 class Options:
@@ -292,7 +243,11 @@ class Options:
         clip_path, vfm_path: local weights of the config's CLIP and VFM; None:
             the public releases, downloaded once.
         device, precision: where and how the models run (:class:`~cass.api.Segmenter`).
-        cfg_options: mmseg-style overrides of the config (``{'model.h_threshold': 0.1}``).
+        protocol: ``'published'``: a method's presets are its published settings
+            for each benchmark (:func:`cass.family.protocol_options`); ``'cass'``:
+            the benchmark configs' settings for every method.
+        cfg_options: mmseg-style overrides of the config (``{'model.h_threshold': 0.1}``);
+            they win over the presets' settings.
         max_models: models kept built at once.
         opacity: of the class colours in the overlay.
         keep_results: request folders (downloads, heat maps) kept; older ones are deleted.
@@ -304,6 +259,7 @@ class Options:
     sam_path: str | None = None
     device: str = "cpu"
     precision: str | None = None
+    protocol: str = "published"
     cfg_options: dict[str, Any] = field(default_factory=dict)
     max_models: int = 3
     opacity: float = 0.5
@@ -353,6 +309,8 @@ class Engine:
     """
 
     def __init__(self, options: Options, out_dir: str | Path) -> None:
+        if options.protocol not in PROTOCOL_NAMES:
+            raise ValueError(f"unknown protocol {options.protocol!r}; protocols: {', '.join(PROTOCOL_NAMES)}")
         self.options = options
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -363,9 +321,11 @@ class Engine:
         self.default_vfm = keys.get("vfm", "dino_vitb8")
         self.settings = CASSConfig.from_keys({k: v for k, v in keys.items() if k in CASSConfig.key_table()})
         self.clips, self.vfms = catalogue(self.default_clip, self.default_vfm, options.clip_path, options.vfm_path)
-        self.presets = load_presets(options.config)
-        config_name = Path(options.config).stem if options.config is not None else "cfg_ade20k"
-        self.default_preset = BENCHMARKS.get(config_name, config_name)
+        self.config_name = Path(options.config).stem if options.config is not None else "cfg_ade20k"
+        self.default_preset = BENCHMARKS.get(self.config_name, self.config_name)
+        self._presets: dict[str, dict[str, Preset]] = {}
+        self._presets_lock = threading.Lock()
+        self.presets_for(self.default_method)  # a bad --cfg-options fails at start
         self.models = ModelCache(options.max_models)
         self._requests = 0
         self._requests_lock = threading.Lock()
@@ -374,6 +334,36 @@ class Engine:
     @property
     def methods(self) -> list[str]:
         return list(METHODS)
+
+    @property
+    def presets(self) -> dict[str, Preset]:
+        """The presets of the default method (:meth:`presets_for`)."""
+        return self.presets_for(self.default_method)
+
+    def presets_for(self, method: str) -> dict[str, Preset]:
+        """The presets the page offers with ``method``, by name (:func:`load_presets`): with the
+        published protocol its own settings for each benchmark, else the benchmark configs'.
+        Read on first use; an unknown method is a one-line ``KeyError``."""
+        get_method(method)
+        key = method if self.options.protocol == "published" else ""  # the 'cass' protocol: one set for all
+        with self._presets_lock:
+            if key not in self._presets:
+                self._presets[key] = load_presets(self.options.config, method, self.options.protocol,
+                                                  self.options.cfg_options)
+            return self._presets[key]
+
+    def preset(self, method: str, name: str) -> Preset:
+        """The preset ``name`` of ``method``; an unknown one is a one-line ``KeyError``."""
+        presets = self.presets_for(method)
+        if name not in presets:
+            raise KeyError(f"unknown preset {name!r}; presets: {', '.join(presets)}")
+        return presets[name]
+
+    def vfm_for(self, method: str, preset: str) -> str | None:
+        """The VFM the preset names for ``method`` (its published one, else the config's) when its
+        weights are here, else None: what the page selects with the method."""
+        vfm = self.preset(method, preset).vfm
+        return vfm if vfm in self.vfms and self.vfms[vfm].available else None
 
     def uses_vfm(self, method: str) -> bool:
         """Whether ``method`` uses a VFM with the app's settings (:func:`cass.family.requirements`)."""
@@ -416,25 +406,37 @@ class Engine:
         return f"no weights for {kind} {name} here: {weights[name].missing}"
 
     def build(self, key: ModelKey, classes: list[str]) -> Segmenter:
-        """The Segmenter of ``key``, as ``demo.py --cfg-options model.method=... model.vfm=...`` builds it."""
+        """The Segmenter of ``key``, as ``demo.py --protocol ... --cfg-options model.method=... model.vfm=...``
+        builds it. A config that is no benchmark's has no published settings: the model is built from it
+        as it is, and each request's preset brings the method's published settings."""
         method, clip, vfm = key
         cfg_options = {**self.options.cfg_options, "model.method": method}
         vfm_path = None
         if vfm is not None:
             cfg_options["model.vfm"] = vfm
             vfm_path = self.vfms[vfm].path
+        protocol = self.options.protocol if self.config_name in BENCHMARKS else "cass"
         return Segmenter(self.options.config, classes=classes, clip_path=self.clips[clip].path or clip,
                          vfm_path=vfm_path, sam_path=self.options.sam_path, device=self.options.device,
-                         precision=self.options.precision, cfg_options=cfg_options)
+                         precision=self.options.precision, cfg_options=cfg_options, protocol=protocol)
+
+    @staticmethod
+    def configure(segmenter: Segmenter, preset: Preset, prob_thd: float, pamr: bool) -> None:
+        """Set a request's settings on the shared model: the preset's (:attr:`Preset.settings`,
+        its resize), the threshold and PAMR."""
+        model = segmenter.model
+        model.config = model.config.replace(**{**preset.settings, "prob_thd": prob_thd,
+                                               "pamr_steps": PAMR_STEPS if pamr else 0})
+        if model.sam_guide is not None:  # SAM's settings are read from its guide
+            model.sam_guide.config = model.config.sam
+        segmenter.scale = preset.scale
 
     def run(self, request: Request, progress: Progress = _no_progress) -> Outcome:
         """Segment one image. Raises one of :data:`USER_ERRORS` with a one-line message for bad input."""
         start = time.perf_counter()
         classes = parse_classes(request.classes)
         vocabulary = Vocabulary.from_classes(classes)  # a bad class list fails before any wait
-        if request.preset not in self.presets:
-            raise KeyError(f"unknown preset {request.preset!r}; presets: {', '.join(self.presets)}")
-        preset = self.presets[request.preset]
+        preset = self.preset(request.method, request.preset)
         if not 0 <= request.prob_thd <= 1:
             raise ConfigError(f"the probability threshold must lie in [0, 1], got {request.prob_thd}")
         image = read_image(request.image)  # (H, W, 3) uint8 BGR, as Segmenter.load reads a file
@@ -458,9 +460,7 @@ class Engine:
             model = segmenter.model
             if model.vocabulary != vocabulary:
                 model.set_vocabulary(vocabulary)
-            model.config = model.config.replace(prob_thd=request.prob_thd, pamr_steps=PAMR_STEPS if request.pamr else 0,
-                                                slide_crop=preset.slide_crop, slide_stride=preset.slide_stride)
-            segmenter.scale = preset.scale
+            self.configure(segmenter, preset, request.prob_thd, request.pamr)
             tick = time.perf_counter()
             progress(0.3, f"encoding {len(classes)} classes ({len(vocabulary.queries)} names)")
             segmenter.encode_text()
@@ -473,12 +473,13 @@ class Engine:
         progress(0.9, "writing the results")
         picture, legend = render(result.image, result.labels, result.class_names, self.options.opacity)
         info = dict(image=request.image_name, method=key[0], clip=key[1], vfm=key[2], preset=preset.name,
-                    prob_thd=request.prob_thd, pamr=request.pamr)
+                    protocol=self.options.protocol, prob_thd=request.prob_thd, pamr=request.pamr)
         files = self.write_files(result, legend, info, request.image_name)
         height, width = result.labels.shape
         stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in times.items() if seconds >= 0.05)
         summary = (f"{key[0]} with {name} on {self.options.device}: {width}x{height}, {len(classes)} classes, "
-                   f"{preset.name} windows{', PAMR' if request.pamr else ''}; "
+                   f"{preset.name} windows{f' ({key[0]} as published)' if preset.published else ''}"
+                   f"{', PAMR' if request.pamr else ''}; "
                    f"{time.perf_counter() - start:.1f} s" + (f" ({stages})" if stages else ""))
         return Outcome(picture, legend, result, files, summary)
 

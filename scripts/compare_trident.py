@@ -15,7 +15,10 @@ downloaded:
    (an OpenAI state dict), DINO ViT-B/16 (a plain state dict, in the
    ``torch.hub`` cache next to the DINO code, where the release's
    ``torch.hub.load('facebookresearch/dino:main', 'dino_vitb16')`` finds both
-   offline) and SAM ViT-B (the release's ``sam_ckpt``);
+   offline) and SAM ViT-B (the release's ``sam_ckpt``), its IoU head made to
+   predict around ``--iou-center`` (default 0.8, the published threshold,
+   :func:`cass.random_weights.lively_iou_head`) so that some masks are kept
+   and others rejected, within one class too (``--plain-sam``: as random);
 2. the released code runs in a subprocess, from a patched copy of the checkout
    (its vendored ``open_clip`` and ``segment_anything`` shadow the installed
    ones only there), on scikit-image's photos resized and normalised as the
@@ -24,12 +27,18 @@ downloaded:
 3. this code runs on the same inputs with the same weights
    (``method='trident'``, the published settings of :func:`cass.family.cfg_options`);
 4. per case it reports the share of pixels with the same label and the largest
-   difference of the returned (refined) class scores.
+   difference of the returned (refined) class scores, and, from every call of
+   SAM's decoder recorded on both sides (one per class with regions), how many
+   masks each side kept, whether the prompts are the same (points, boxes, mask
+   prompt: their largest difference), and the largest differences of the
+   predicted IoUs and of the low-resolution mask logits.
 
 Random weights give near-uniform class scores (about 1 / number of queries),
 under the published ``prob_thd`` and ``coarse_thresh`` of some benchmarks (VOC21:
 all background, no SAM prompt): ``--set`` lowers them on both sides so that the
-thresholding and the SAM refinement are compared too.
+thresholding and the SAM refinement are compared too (``name_path=`` gives both
+sides a shorter class file, e.g. ADE20K's first 20 classes: its 150 take about
+20 minutes of text encoding per side on a CPU core).
 
 Patches of the released copy (:data:`CPU_PATCHES`, literal replacements; a
 pattern that is missing stops the run), all in ``trident.py``, all to run in

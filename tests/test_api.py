@@ -297,3 +297,52 @@ def test_settings_reach_the_model(make):
             make(device="cuda")
     with pytest.raises(ValueError, match="unsupported step 'RandomFlip'"):
         make(cfg_options={"test_dataloader.dataset.pipeline": [dict(type="LoadImageFromFile"), dict(type="RandomFlip")]})
+
+
+# ---------------------------------------------------------------- a method's published protocol
+def test_published_protocol_gives_trident_its_voc21_settings(weights_dir, tmp_path):
+    """protocol='published': Trident's VOC21 short side, windows, thresholds and class file (cass.family),
+    under the explicit cfg_options (which win); the default, 'cass', keeps the config's settings."""
+    from cass.family import get_method
+    from cass.random_weights import TINY_SAM, write_sam
+    from cass.text import read_class_file
+
+    sam = write_sam(tmp_path / "sam_vit_b_01ec64.pth", tiny=True)
+    common = dict(config=CONFIGS / "cfg_voc21.py", clip_path=str(weights_dir / "tiny_clip.pt"),
+                  vfm_path=str(weights_dir / "tiny_dino.pth"), sam_path=str(sam), vfm_overrides=TINY_VFM,
+                  sam_overrides=TINY_SAM["vit_b"], text_cache_dir=False, method="trident")
+    tiny_vfm = {"model.vfm": "dino_vitb8"}  # the tiny DINO file has ViT-B/8's layout (Trident's: dino_vitb16)
+    published = get_method("trident").protocol["cfg_voc21"]
+    segmenter = Segmenter(protocol="published", cfg_options={**tiny_vfm, "model.coarse_thresh": 0.3}, **common)
+    keys = segmenter.model.config.to_keys()
+    assert segmenter.protocol == "published" and segmenter.scale == (2048, published["short_side"]) == (2048, 448)
+    assert (keys["slide_crop"], keys["slide_stride"], keys["prob_thd"]) == (336, 224, 0.2)
+    for key, value in published.items():
+        if key in keys and key != "coarse_thresh":
+            assert keys[key] == value, key
+    assert keys["coarse_thresh"] == 0.3 != published["coarse_thresh"]  # the explicit option wins
+    assert segmenter.model.sam_guide.config == segmenter.model.config.sam
+    queries = read_class_file(CONFIGS / published["class_file"])[0]  # ProxyCLIP's VOC21 names, as Trident ships
+    assert list(segmenter.model.vocabulary.queries) == queries != read_class_file(CONFIGS / "cls_voc21.txt")[0]
+
+    default = Segmenter(cfg_options=tiny_vfm, **common)  # protocol 'cass': the benchmark config's settings
+    keys = default.model.config.to_keys()
+    assert default.protocol == "cass" and default.scale == (2048, 336)
+    assert (keys["slide_crop"], keys["prob_thd"], keys["coarse_thresh"]) == (0, 0.1, 0.2)
+    assert list(default.model.vocabulary.queries) == read_class_file(CONFIGS / "cls_voc21.txt")[0]
+
+
+def test_published_protocol_needs_a_benchmark_config(tmp_path):
+    """A config that is no benchmark's has no published settings: a one-line error before any weight is
+    read, except for CASS (its protocol is the config itself); an unknown protocol likewise."""
+    custom = tmp_path / "my_config.py"
+    custom.write_text(f"_base_ = [{str(CONFIGS / 'cfg_voc21.py')!r}]\n")
+    absent = str(tmp_path / "absent.pt")
+    with pytest.raises(ConfigError, match="^protocol 'published': my_config is not a benchmark config") as err:
+        Segmenter(custom, classes=["cat"], clip_path=absent, method="sclip", protocol="published")
+    assert "\n" not in str(err.value) and "use protocol 'cass'" in str(err.value)
+    with pytest.raises(ConfigError, match="^unknown protocol 'paper'; protocols: published, cass$"):
+        Segmenter(classes=["cat"], clip_path=absent, protocol="paper")
+    for method, protocol in (("cass", "published"), ("sclip", "cass")):  # accepted: the weights are next
+        with pytest.raises(WeightsError, match="absent.pt"):
+            Segmenter(custom, classes=["cat"], clip_path=absent, method=method, protocol=protocol)

@@ -366,3 +366,98 @@ def test_page_offers_every_method_and_the_backbones_with_weights(app, engine):
 def test_app_exits_with_one_line_on_a_bad_config(app, tmp_path, capsys):
     assert app.main(["--config", str(tmp_path / "none.py")]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"app.py: config not found: {tmp_path / 'none.py'}"
+
+
+# ------------------------------------------------------------------ a method's own protocol
+def test_the_model_cache_is_its_own_module():
+    import cass.model_cache
+    import cass.webapp
+
+    assert cass.webapp.ModelCache is cass.model_cache.ModelCache and cass.webapp.ModelSlot is cass.model_cache.ModelSlot
+    code = "import sys, cass.model_cache; assert 'cass.webapp' not in sys.modules and 'gradio' not in sys.modules"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_methods_presets_are_its_published_settings(weights_dir, tmp_path):
+    """--protocol published (the app's default): each benchmark's preset of a method is its published
+    short side, windows, thresholds and class file; CASS's are the benchmark configs' either way;
+    --protocol cass gives every method the configs' settings; --cfg-options win over both."""
+    engine = Engine(Options(clip_path=str(weights_dir / "tiny_clip.pt"), cfg_options=dict(TINY_OPTIONS)),
+                    tmp_path / "out")
+    published = METHODS["trident"].protocol["cfg_voc21"]
+    voc = engine.preset("trident", "VOC21")
+    assert voc.published and voc.vfm == "dino_vitb16" and voc.scale == (2048, published["short_side"]) == (2048, 448)
+    assert voc.settings == {key: value for key, value in published.items()
+                            if key not in ("short_side", "class_file", "vfm", "sam_model_type")}
+    assert voc.class_file == CONFIGS_DIR / published["class_file"]
+    assert voc.label == "VOC21: short side 448, 336 px windows, stride 224, threshold 0.2, classes proxyclip/cls_voc21.txt"
+    assert engine.preset("trident", "ADE20K").settings["coarse_thresh"] == 0.05
+    assert [p.label for p in engine.presets_for("cass").values()] == [p.label for p in load_presets().values()]
+    with pytest.raises(KeyError, match="unknown method 'segformer'"):
+        engine.presets_for("segformer")
+
+    cass_protocol = Engine(Options(clip_path=str(weights_dir / "tiny_clip.pt"), protocol="cass",
+                                   cfg_options={**TINY_OPTIONS, "model.slide_stride": 100}), tmp_path / "out2")
+    voc = cass_protocol.preset("trident", "VOC21")
+    assert not voc.published and voc.scale == (2048, 336) and voc.class_file == CONFIGS_DIR / "cls_voc21.txt"
+    assert voc.settings == dict(slide_crop=0, slide_stride=100, prob_thd=0.1)  # the explicit option wins
+
+
+def test_the_engine_runs_a_method_with_its_presets_published_settings(weights_dir, tmp_path, photo_file):
+    """Trident with the VOC21 preset runs as Segmenter(cfg_voc21, protocol='published') does: its windows,
+    resize and SAM settings reach the shared model (and SAM's guide), and the next preset replaces them."""
+    from cass.random_weights import TINY_SAM, write_sam
+
+    sam = write_sam(tmp_path / "sam_vit_b_01ec64.pth", tiny=True)
+    sam_options = {f"model.sam_overrides.{key}": value for key, value in TINY_SAM["vit_b"].items()}
+    sam_options["model.sam_refinement"] = False  # SAM's aggregation only: half the time on the CPU
+    engine = Engine(Options(clip_path=str(weights_dir / "tiny_clip.pt"), vfm_path=str(weights_dir / "tiny_dino.pth"),
+                            sam_path=str(sam), cfg_options={**TINY_OPTIONS, **sam_options}), tmp_path / "out")
+    outcome = engine.run(request(photo_file, method="trident", preset="VOC21", prob_thd=0.2))
+    expected = Segmenter(CONFIGS_DIR / "cfg_voc21.py", classes=["sky", "grass", "cat"], protocol="published",
+                         clip_path=str(weights_dir / "tiny_clip.pt"), vfm_path=str(weights_dir / "tiny_dino.pth"),
+                         sam_path=str(sam), method="trident", vfm="dino_vitb8", vfm_overrides=TINY_VFM,
+                         sam_overrides=TINY_SAM["vit_b"], sam_refinement=False)
+    assert "VOC21 windows (trident as published)" in outcome.summary
+    model = engine.models.slot(("trident", "ViT-B/16", "dino_vitb8")).segmenter.model
+    for part in ("window", "output", "method", "sam"):
+        assert getattr(model.config, part) == getattr(expected.model.config, part), part
+    assert model.sam_guide.config == expected.model.sam_guide.config
+    assert engine.models.slot(("trident", "ViT-B/16", "dino_vitb8")).segmenter.scale == expected.scale == (2048, 448)
+    result = expected(photo_file)
+    np.testing.assert_allclose(outcome.result.probs, result.probs, atol=1e-5)
+    np.testing.assert_array_equal(outcome.result.labels, result.labels)
+
+    segmenter = engine.models.slot(("trident", "ViT-B/16", "dino_vitb8")).segmenter
+    engine.configure(segmenter, engine.preset("trident", "Cityscapes"), 0.0, False)  # what the next request sets
+    published = METHODS["trident"].protocol["cfg_city_scapes"]
+    assert segmenter.scale == (2048, 688) and segmenter.model.sam_guide.config.sam_halves
+    assert (segmenter.model.config.sam.cos_fac, segmenter.model.config.sam.coarse_thresh) == (
+        published["cos_fac"], published["coarse_thresh"]) == (3.0, 0.1)
+
+
+def test_choosing_a_method_shows_its_presets(app, engine):
+    """The preset menu, threshold, VFM and (unedited) vocabulary follow the method chosen in the page."""
+    import gradio as gr
+
+    cass_voc = engine.preset("cass", "VOC21").classes_text()
+    vfm, preset, threshold, classes, filled = app.method_changed(engine, "trident", "VOC21", "VOC21", cass_voc,
+                                                                 cass_voc)
+    assert [label for label, _ in preset["choices"]] == [p.label for p in engine.presets_for("trident").values()]
+    assert preset["value"] == "VOC21" and threshold == 0.2
+    assert "VOC21: short side 448, 336 px windows, stride 224, threshold 0.2" in preset["choices"][0][0]
+    assert classes == filled == (CONFIGS_DIR / "proxyclip" / "cls_voc21.txt").read_text().strip()  # Trident's names
+    assert vfm["interactive"] and "value" not in vfm  # its dino_vitb16 has no weights here: the VFM stays
+    # edited classes stay; a CLIP-only method greys the VFM out; CASS's own VFM is selected again
+    _, _, _, kept, _ = app.method_changed(engine, "sclip", "VOC21", "VOC21", "cat, dog", cass_voc)
+    assert kept == gr.skip()
+    vfm, preset, threshold, _, _ = app.method_changed(engine, "sclip", "ADE20K", None, "cat", None)
+    assert not vfm["interactive"] and preset["value"] == "ADE20K" and threshold == 0.0
+    vfm, _, threshold, _, _ = app.method_changed(engine, "cass", "VOC21", None, "cat", None)
+    assert vfm["value"] == "dino_vitb8" and threshold == 0.1
+
+
+def test_app_protocol_flag(app):
+    assert app.parse_args([]).protocol == "published" and app.options_from(app.parse_args([])).protocol == "published"
+    assert app.options_from(app.parse_args(["--protocol", "cass"])).protocol == "cass"

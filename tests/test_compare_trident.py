@@ -116,10 +116,62 @@ def test_agreement_and_table(compare):
         compare.agreement(dict(probs=probs, labels=labels), dict(probs=probs[:2], labels=labels))
     with pytest.raises(ValueError, match="label maps differ"):
         compare.agreement(dict(probs=probs, labels=labels), dict(probs=probs, labels=labels[None]))
-    table = compare.format_table([dict(family="voc20", photo="coffee", **result)])
-    assert "| voc20 | coffee | 90.00% | 2.5e-01 | 100.0000% |" in table
+    prompts = dict(kept=3, prompts=5, kept_here=3, same_prompts=True, max_prompt_diff=0.0, max_iou_diff=1e-7,
+                   max_mask_logit_diff=2e-4)
+    table = compare.format_table([dict(family="voc20", photo="coffee", **result, **prompts)])
+    assert "| voc20 | coffee | 3 / 5 (3) | yes (0.0e+00) | 1.0e-07 | 2.0e-04 | 90.000% | 2.5e-01 | 100.0000% |" in table
+    table = compare.format_table([dict(family="voc20", photo="coffee", **result, kept=0, prompts=2, kept_here=1,
+                                       same_prompts=False)])
+    assert "| voc20 | coffee | 0 / 2 (1) | no | — | — | 90.000% |" in table
     released_only = compare.format_table([dict(family="voc21", photo="chelsea", labels=[0, 3])])
     assert "| voc21 | chelsea | [0, 3] |" in released_only
+
+
+def _calls(*calls):
+    """A saved result's recorded decoder calls (``prompt<i>_<name>`` arrays)."""
+    return {f"prompt{i}_{k}": np.asarray(v, dtype=np.float32) for i, call in enumerate(calls) for k, v in call.items()}
+
+
+def test_prompt_agreement(compare):
+    call = dict(point_coords=[[[10, 20]], [[30, 40]]], boxes=[[0, 0, 5, 5], [1, 1, 9, 9]],
+                mask_input=np.zeros((1, 4, 4)), iou=[[0.9], [0.7]], low_res=np.zeros((2, 1, 4, 4)))
+    one = dict(point_coords=[[[5, 5]]], boxes=[[0, 0, 2, 2]], mask_input=np.ones((1, 4, 4)), iou=[[0.85]],
+               low_res=np.ones((1, 1, 4, 4)))
+    ours = _calls(call, one)
+    theirs = _calls({**call, "point_coords": [[[10, 20]], [[30, 44]]], "iou": [[0.9], [0.81]],
+                     "low_res": np.full((2, 1, 4, 4), 0.5)}, one)
+    theirs.update(probs=np.zeros(1), labels=np.zeros(1))  # other keys are not calls
+    row = compare.prompt_agreement(ours, theirs, 0.8)
+    assert row == dict(prompt_calls=2, prompts=3, kept=3, kept_here=2, same_prompts=True, max_prompt_diff=4.0,
+                       max_iou_diff=pytest.approx(0.11), max_mask_logit_diff=0.5)
+    fewer = _calls(call, {**one, "iou": [[0.85], [0.1]], "point_coords": [[[5, 5]], [[1, 1]]]})
+    assert compare.prompt_agreement(ours, fewer, 0.8)["same_prompts"] is False
+
+
+def test_lively_iou_head_predicts_around_the_threshold():
+    import torch
+    from segment_anything import SamPredictor
+
+    from cass.random_weights import lively_iou_head, random_sam
+    from conftest import synthetic_photo
+
+    sam = random_sam("vit_b", tiny=True, seed=0)
+    rgb = synthetic_photo(120, 160)
+    decoder = {k: v.clone() for k, v in sam.mask_decoder.state_dict().items()}
+    lively_iou_head(sam, rgb, center=0.8, spread=0.05, prompts=32)
+    changed = {k for k, v in sam.mask_decoder.state_dict().items() if not torch.equal(v, decoder[k])}
+    assert changed == {"iou_prediction_head.layers.2.weight", "iou_prediction_head.layers.2.bias"}
+    predictor = SamPredictor(sam)
+    predictor.set_image(rgb)
+    g = torch.Generator().manual_seed(5)
+    corners = torch.rand(200, 2, 2, generator=g) * torch.tensor([160, 120])
+    boxes = torch.cat([corners.amin(1), corners.amax(1)], dim=1)
+    iou = predictor.predict_torch(predictor.transform.apply_coords_torch(boxes[:, None, :2], (120, 160)),
+                                  torch.ones(200, 1), predictor.transform.apply_boxes_torch(boxes, (120, 160)),
+                                  0.005 * torch.rand(1, 256, 256, generator=g), multimask_output=False)[1]
+    kept = (iou > 0.8).float().mean()
+    assert 0.2 < kept < 0.8  # the published threshold splits other prompts' masks too
+    assert 0.7 < iou.median() < 0.9
 
 
 def test_arguments(compare, tmp_path):

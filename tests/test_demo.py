@@ -218,3 +218,48 @@ def test_demo_precision_choices_are_the_configs(demo, capsys):
     with pytest.raises(SystemExit):
         demo.parse_args(["--precision", "fp64"])
     assert "invalid choice: 'fp64'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("protocol", ["published", "cass"])
+def test_demo_and_eval_apply_the_same_protocol(demo, weights_dir, tmp_path, monkeypatch, protocol):
+    """The same --config, --protocol and --cfg-options give demo.py's Segmenter and eval.py's config the
+    same settings: ClearCLIP's published VOC21 windows, resize and class file, or the config's (cass), and
+    the explicit option over either."""
+    from cass.config import CASSConfig
+    from cass.config_files import resize_scale
+    from cass.family import CONFIGS_DIR
+    from cass.text import read_class_file
+
+    flags = ["--config", str(CONFIGS_DIR / "cfg_voc21.py"), "--protocol", protocol,
+             "--clip-path", str(weights_dir / "tiny_clip.pt"),
+             "--cfg-options", "model.method=clearclip", "model.area_thd=0.05"]
+    built = []
+
+    class Built(Exception):
+        pass
+
+    class Recording(Segmenter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+            raise Built  # the settings are all that is compared
+
+    monkeypatch.setattr(demo, "Segmenter", Recording)
+    with pytest.raises(Built):
+        demo.main([*flags, "--device", "cpu", "--out", str(tmp_path / "out.png")])
+    segmenter = built[0]
+    eval_script = load_script("eval.py", "eval_script")
+    cfg = eval_script.build_config(eval_script.parse_args(flags))
+    table = CASSConfig.key_table()
+    assert segmenter.model.config == CASSConfig.from_keys({k: v for k, v in cfg.model.items() if k in table})
+    assert segmenter.scale == resize_scale(cfg)
+    assert list(segmenter.model.vocabulary.queries) == read_class_file(cfg.model.name_path)[0]
+    window = segmenter.model.config.window
+    assert segmenter.model.config.output.area_thd == 0.05  # the explicit option, over the protocol's 0.0
+    if protocol == "published":  # clearclip's own: 448 windows, short side 448, its VOC21 class names
+        assert (window.slide_crop, window.slide_stride, segmenter.scale) == (448, 224, (2048, 448))
+        assert (segmenter.model.config.output.prob_thd, segmenter.model.config.output.logit_scale) == (0.5, 50)
+        assert Path(cfg.model.name_path) == CONFIGS_DIR / "clearclip" / "cls_voc21.txt"
+    else:  # the config's: the whole image, short side 336, the benchmark's class names
+        assert (window.slide_crop, segmenter.scale, segmenter.model.config.output.prob_thd) == (0, (2048, 336), 0.1)
+        assert Path(cfg.model.name_path).resolve() == (CONFIGS_DIR / "cls_voc21.txt").resolve()

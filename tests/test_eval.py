@@ -430,3 +430,36 @@ def test_eval_all_runs_trident_with_another_clip_and_its_published_row(eval_all,
     assert "Published mIoU (trident, CLIP ViT-H-14/laion2b_s32b_b79k): Trident paper" in markdown
     assert summary.rows({}, "trident")[0]["paper"] == 67.1  # CLIP ViT-B/16 by default
     assert summary.published_row("trident", "ViT-L/14") == {}  # no published row for that CLIP
+
+
+# ---------------------------------------------------------------- --protocol
+def test_eval_protocol_published_equals_the_methods_cfg_options(tmp_path, capsys):
+    """--protocol published gives the config eval_all.sh's per-benchmark --cfg-options give (cass.family's
+    cfg_options), under the explicit --cfg-options; the default (cass) keeps the config's settings."""
+    eval_script = load_eval_script()
+
+    def config(*flags):
+        return eval_script.build_config(eval_script.parse_args(
+            ["--config", str(REPO / "configs" / "cfg_voc21.py"), *flags]))
+
+    published = config("--protocol", "published", "--cfg-options", "model.method=trident", "model.coarse_thresh=0.3")
+    spelled = config("--cfg-options", *cfg_options("trident", "cfg_voc21"), "model.coarse_thresh=0.3")
+    assert published.model.to_dict() == spelled.model.to_dict()
+    assert published.test_dataloader.dataset.pipeline == spelled.test_dataloader.dataset.pipeline
+    settings = get_method("trident").protocol["cfg_voc21"]
+    assert (published.model.slide_crop, published.model.slide_stride, published.model.prob_thd) == (336, 224, 0.2)
+    assert published.model.coarse_thresh == 0.3 != settings["coarse_thresh"]  # the explicit option wins
+    assert published.model.vfm == "dino_vitb16" and published.model.name_path == str(CONFIGS_DIR / settings["class_file"])
+    assert published.test_dataloader.dataset.pipeline[1].scale == (2048, 448)
+
+    default = config("--cfg-options", "model.method=trident")  # --protocol cass: the benchmark config's settings
+    assert (default.model.method, default.model.slide_crop, default.model.prob_thd) == ("trident", 0, 0.1)
+    assert default.test_dataloader.dataset.pipeline[1].scale == (2048, 336)
+    assert Path(default.model.name_path).name == "cls_voc21.txt" and Path(default.model.name_path).parent == CONFIGS_DIR
+
+    custom = tmp_path / "my_config.py"  # no benchmark's: no published settings, a one-line error
+    custom.write_text(f"_base_ = [{str(REPO / 'configs' / 'cfg_voc21.py')!r}]\n")
+    code = eval_script.main(["--config", str(custom), "--protocol", "published", "--cfg-options", "model.method=sclip"])
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "eval.py: protocol 'published': my_config is not a benchmark config")

@@ -4,22 +4,28 @@ Tiny random SAMs (:data:`cass.random_weights.TINY_SAM`: 4 blocks, global 1
 and 3, heads of 32) go through segment-anything's own builder at its 1024-px
 input (a 64 x 64 token grid).
 """
+import copy
 import importlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
-from conftest import REPO, one_line_error
-from segment_anything import sam_model_registry
+from conftest import REPO, one_line_error, synthetic_photo
+from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.build_sam import _build_sam
 from segment_anything.modeling import ImageEncoderViT, Sam
 from segment_anything.modeling.image_encoder import get_rel_pos
 
 from cass import random_weights, weights
 from cass.backbones import SAM_SPECS, SAMSpec
+from cass.build import build_model
+from cass.config import CASSConfig, ConfigError, PrecisionConfig, SAMConfig
+from cass.model import DTYPES
 from cass.random_weights import TINY_SAM
 from cass.sam_encoder import last_global_attention, last_global_index
+from cass.sam_guide import SAMGuide, sam_image
 
 
 def tiny_model(kind="vit_b"):
@@ -286,3 +292,112 @@ def test_random_weights_cli_writes_the_sam_release_name(tmp_path):
         "ViT-B-16.pt", "dino_vitbase8_pretrain.pth", "sam_vit_b_01ec64.pth"]
     loaded = weights.load_sam("vit_b", str(tmp_path / "sam_vit_b_01ec64.pth"), tiny_model())
     assert len(loaded.image_encoder.blocks) == 4
+
+
+# ---------------------------------------------------------------------------- SAM's precision (sam_precision)
+def sam_dtypes(sam) -> tuple:
+    """(image encoder, normalisation buffers, prompt encoder and mask decoder) dtypes of a ``Sam``."""
+    decoding = {p.dtype for p in [*sam.prompt_encoder.parameters(), *sam.mask_decoder.parameters()]}
+    encoder = {p.dtype for p in sam.image_encoder.parameters()}
+    assert len(encoder) == 1 and len(decoding) == 1
+    return encoder.pop(), sam.pixel_mean.dtype, decoding.pop()
+
+
+def test_sam_precision_resolves_like_the_other_towers():
+    auto = PrecisionConfig()
+    assert (auto.resolve_sam("cpu"), auto.resolve_sam("cuda")) == ("fp32", "fp16")  # 'auto': Trident's release
+    assert DTYPES[auto.resolve_sam("cuda")] == torch.float16 and DTYPES[auto.resolve_sam("cpu")] == torch.float32
+    assert CASSConfig().to_keys()["sam_precision"] is None  # follows precision, like vfm_precision
+    for precision in ("fp32", "tf32", "fp16", "bf16"):
+        follows = CASSConfig.from_keys(dict(precision=precision)).precision
+        assert follows.resolve_sam("cuda") == follows.resolve_sam("cpu") == precision
+    own = CASSConfig.from_keys(dict(precision="fp16", sam_precision="bf16")).precision
+    assert own.resolve("cuda") == ("fp16", "fp16") and own.resolve_sam("cuda") == "bf16"
+    assert CASSConfig.from_keys(dict(precision="fp32", sam_precision="auto")).precision.resolve_sam("cuda") == "fp16"
+    one_line_error(lambda: CASSConfig.from_keys(dict(sam_precision="fp64")), "sam_precision must be one of",
+                   "'fp64'", error=ConfigError)
+
+
+def test_sam_precision_reaches_sams_parameters():
+    f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+    model = build_model(clip_model=random_weights.random_clip(tiny=True), vfm="dino_vitb16",
+                        vfm_model=random_weights.random_dino(tiny=True, vfm="dino_vitb16"),
+                        sam_model=random_weights.random_sam("vit_b", tiny=True), classes=["cat", "dog"],
+                        text_cache_dir=False, method="trident")
+    sam = model.sam_guide.sam
+    assert model.sam_precision() == "fp32" and sam_dtypes(sam) == (f32, f32, f32)  # CPU default: as before
+    model.set_precision("fp32", sam_precision="fp16")  # as released on CUDA: the encoder (and its input) in float16
+    assert model.precisions() == ("fp32", "fp32") and sam_dtypes(sam) == (f16, f16, f32)
+    model.to("cpu")  # a move keeps it
+    assert model.sam_guide.precision == "fp16" and sam_dtypes(sam) == (f16, f16, f32)
+    model.float()  # a cast sets every tower, SAM's encoder too
+    assert sam_dtypes(sam) == (f32, f32, f32)
+    model.bfloat16()
+    assert model.sam_precision() == "bf16" and sam_dtypes(sam) == (bf16, bf16, f32)
+    model.set_precision("fp16", sam_precision="fp32")
+    assert model.clip.visual.conv1.weight.dtype == f16 and sam_dtypes(sam) == (f32, f32, f32)
+    built = build_model(clip_model=random_weights.random_clip(tiny=True), vfm="dino_vitb16",
+                        vfm_model=random_weights.random_dino(tiny=True, vfm="dino_vitb16"),
+                        sam_model=random_weights.random_sam("vit_b", tiny=True), classes=["cat"],
+                        text_cache_dir=False, method="proxyclip", sam_refinement=True, sam_precision="fp16")
+    assert built.precisions() == ("fp32", "fp32") and sam_dtypes(built.sam_guide.sam) == (f16, f16, f32)
+
+
+@pytest.fixture(scope="module")
+def lively_sam():
+    sam = random_weights.random_sam("vit_b", tiny=True)
+    random_weights.lively_iou_head(sam, synthetic_photo(72, 100))
+    return sam
+
+
+def two_region_prediction(h: int = 72, w: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities of 3 classes: class 0 on the left half, class 1 on the right half."""
+    probs = torch.full((3, h, w), 0.05)
+    probs[0, :, : w // 2] = probs[1, :, w // 2:] = 0.9
+    return probs, probs.argmax(0)
+
+
+@torch.no_grad()
+def test_sam_guide_fp32_is_unchanged(lively_sam):
+    """Setting float32 casts nothing: the same tensors, the same correlation and refinement."""
+    rgb, (probs, labels) = synthetic_photo(72, 100), two_region_prediction()
+    cfg = SAMConfig(coarse_thresh=0.05, minimal_area=4, sam_iou_thresh=-1.0)
+    plain, fp32 = SAMGuide(copy.deepcopy(lively_sam), cfg), SAMGuide(copy.deepcopy(lively_sam), cfg)
+    before = [p.data_ptr() for p in fp32.sam.parameters()]
+    fp32.set_precision("fp32")
+    assert [p.data_ptr() for p in fp32.sam.parameters()] == before
+    views = [guide.set_image(rgb, 16, correlation=True) for guide in (plain, fp32)]
+    assert torch.equal(views[0].weights[0], views[1].weights[0])
+    refined = [guide.refine(probs, labels) for guide in (plain, fp32)]
+    assert torch.equal(refined[0][0], refined[1][0]) and torch.equal(refined[0][1], refined[1][1])
+
+
+@torch.no_grad()
+def test_sam_guide_fp16_encoder_as_released(lively_sam):
+    """A float16 encoder (CPU here): the release's casts, its embedding decoded in float32."""
+    rgb, (probs, labels) = synthetic_photo(72, 100), two_region_prediction()
+    guide = SAMGuide(copy.deepcopy(lively_sam), SAMConfig(coarse_thresh=0.05, minimal_area=4, sam_iou_thresh=-1.0))
+    guide.set_precision("fp16")
+    view = guide.set_image(rgb, 16, correlation=True)
+    # the release: sam.half(), prompt encoder and mask decoder .float(), the predictor's own set_image
+    released = copy.deepcopy(lively_sam).half()
+    released.prompt_encoder, released.mask_decoder = released.prompt_encoder.float(), released.mask_decoder.float()
+    predictor = SamPredictor(released)
+    predictor.set_image(np.ascontiguousarray(sam_image(rgb, 16)))
+    assert guide.predictor.features.dtype == torch.float16
+    assert torch.equal(guide.predictor.features, predictor.features)
+    weights = view.weights[0]
+    assert weights.dtype == torch.float32 and torch.isfinite(weights).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(len(weights)))
+    scores, new_labels = guide.refine(probs, labels)  # as released, the embedding is decoded in float32
+    assert guide.predictor.features.dtype == torch.float32 and scores.dtype == torch.float32
+    assert new_labels.shape == labels.shape and (scores > 0).any()
+
+
+def test_sam_guide_tf32_is_plain_float32_on_the_cpu(lively_sam):
+    guide = SAMGuide(copy.deepcopy(lively_sam), SAMConfig())
+    guide.set_precision("tf32")
+    assert sam_dtypes(guide.sam) == (torch.float32,) * 3
+    before = torch.backends.cuda.matmul.allow_tf32
+    with guide._tf32():
+        assert torch.backends.cuda.matmul.allow_tf32 == before  # TF32 products only on CUDA

@@ -1,11 +1,11 @@
-"""Trident's math against direct per-pixel, per-head and per-region formulas."""
+"""Trident's and SAM's math (cass.trident, cass.sam_math) against direct per-pixel, per-head and per-region formulas."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from cass import methods, trident
+from cass import methods, sam_math, trident
 
 
 # ---------------------------------------------------------------------------- crops and splicing
@@ -134,7 +134,7 @@ def test_crop_grid_scale():
 def test_sam_input_grid(size, want):
     # 300 x 410 -> 304 x 416 -> scale 1024 / 416: 304 * 2.4615 = 748.3 -> 748 // 16 = 46
     # 650 x 1195 -> 656 x 1200 -> 656 * 1024 / 1200 = 559.79 -> 560 (not 559) -> 35
-    assert trident.sam_input_grid(*size) == want
+    assert sam_math.sam_input_grid(*size) == want
 
 
 def test_crop_sam_tokens_keeps_valid_queries_and_keys():
@@ -142,7 +142,7 @@ def test_crop_sam_tokens_keeps_valid_queries_and_keys():
     gh, gw, h, w = 4, 5, 3, 2
     attn = torch.randn(2, 3, gh * gw, gh * gw, generator=g)
     values = torch.randn(2, 3, gh, gw, 6, generator=g)
-    a, v = trident.crop_sam_tokens(attn, values, (h, w))
+    a, v = sam_math.crop_sam_tokens(attn, values, (h, w))
     assert a.shape == (2, 3, 6, 6) and v.shape == (2, 3, 6, 6)
     for i1 in range(h):
         for j1 in range(w):
@@ -190,7 +190,7 @@ def sam_inputs(b=2, heads=3, n=10, d=4, seed=0):
 @pytest.mark.parametrize("refine_neg_cos", [True, False])
 def test_sam_correlation_against_direct_formula(refine_neg_cos):
     attn, values = sam_inputs()
-    got = trident.sam_correlation(attn, values, 1.2, refine_neg_cos)
+    got = sam_math.sam_correlation(attn, values, 1.2, refine_neg_cos)
     want, taus = direct_correlation(attn, values, 1.2, refine_neg_cos)
     assert (taus < 0).any() and (taus > 0).any()  # both branches of refine_neg_cos are exercised
     assert got.dtype == torch.float32 and got.shape == (2, 10, 10)
@@ -202,8 +202,8 @@ def test_sam_correlation_against_direct_formula(refine_neg_cos):
 def test_refine_neg_cos_changes_only_rows_with_a_negative_threshold():
     attn, values = sam_inputs(seed=3)
     _, taus = direct_correlation(attn, values, 1.2, True)
-    kept = trident.sam_correlation(attn, values, 1.2, True)
-    raised = trident.sam_correlation(attn, values, 1.2, False)
+    kept = sam_math.sam_correlation(attn, values, 1.2, True)
+    raised = sam_math.sam_correlation(attn, values, 1.2, False)
     positive = taus >= 0
     torch.testing.assert_close(kept[positive], raised[positive])
     assert not torch.allclose(kept[~positive], raised[~positive])
@@ -217,19 +217,19 @@ def test_sam_correlation_threshold_is_clamped():
     attn = torch.randn(1, 2, 6, 6, generator=g).softmax(-1)
     want, taus = direct_correlation(attn, values, 1.2, True)
     assert (taus > 0.9).all()
-    torch.testing.assert_close(trident.sam_correlation(attn, values).double(), want, rtol=1e-5, atol=1e-6)
-    unclamped = trident.sam_correlation(attn, values, max_thresh=2.0)  # only the token itself passes
+    torch.testing.assert_close(sam_math.sam_correlation(attn, values).double(), want, rtol=1e-5, atol=1e-6)
+    unclamped = sam_math.sam_correlation(attn, values, max_thresh=2.0)  # only the token itself passes
     torch.testing.assert_close(unclamped, torch.eye(6)[None])
 
 
 def test_sam_correlation_empty_row_keeps_its_token_and_batch_is_per_image():
     attn, values = sam_inputs(b=3, seed=5)
     values[1, :, 4] = 0  # a zero value in every head: cosine 0 with all, threshold 0, nothing kept
-    got = trident.sam_correlation(attn, values)
+    got = sam_math.sam_correlation(attn, values)
     torch.testing.assert_close(got[1, 4], torch.eye(10)[4])
     assert torch.isfinite(got).all()
     for b in range(3):
-        torch.testing.assert_close(got[b:b + 1], trident.sam_correlation(attn[b:b + 1], values[b:b + 1]))
+        torch.testing.assert_close(got[b:b + 1], sam_math.sam_correlation(attn[b:b + 1], values[b:b + 1]))
 
 
 def test_sam_correlation_cosine_is_per_head_not_on_concatenated_values():
@@ -237,7 +237,7 @@ def test_sam_correlation_cosine_is_per_head_not_on_concatenated_values():
     attn, values = sam_inputs(b=1, heads=2, seed=6)
     values[0, 0] = values[0, 0, :1]
     want, _ = direct_correlation(attn, values, 1.2, True)
-    torch.testing.assert_close(trident.sam_correlation(attn, values).double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sam_math.sam_correlation(attn, values).double(), want, rtol=1e-5, atol=1e-6)
     concat = values[0].transpose(0, 1).reshape(1, 1, 10, -1)  # one "head" of concatenated values
     other, _ = direct_correlation(attn.mean(1, keepdim=True), concat, 1.2, True)
     assert not torch.allclose(want, other)
@@ -247,7 +247,7 @@ def test_aggregate_resizes_then_mixes():
     g = torch.Generator().manual_seed(7)
     spliced = torch.randn(2, 5, 6, 8, generator=g)
     weights = torch.rand(2, 12, 12, generator=g)
-    got = trident.aggregate(spliced, weights, (3, 4))
+    got = sam_math.aggregate(spliced, weights, (3, 4))
     assert got.shape == (2, 12, 5)
     # an exact halving with align_corners=False averages each 2 x 2 block
     blocks = spliced.reshape(2, 5, 3, 2, 4, 2).mean((3, 5))
@@ -255,7 +255,7 @@ def test_aggregate_resizes_then_mixes():
         for n in range(12):
             want = sum(weights[b, n, m] * blocks[b, :, m // 4, m % 4] for m in range(12))
             torch.testing.assert_close(got[b, n], want, rtol=1e-5, atol=1e-5)
-    same = trident.aggregate(blocks, weights, (3, 4))
+    same = sam_math.aggregate(blocks, weights, (3, 4))
     torch.testing.assert_close(same, got, rtol=1e-5, atol=1e-5)
 
 
@@ -270,10 +270,10 @@ def test_pipeline_shapes_end_to_end():
     g = torch.Generator().manual_seed(14)
     crops = torch.randn(1, rows * cols, 7, 6, 6, generator=g)
     spliced = trident.splice_crops(crops, windows, (h // 16, w // 16))
-    sam_grid = trident.sam_input_grid(300, 410, long_side=128)
+    sam_grid = sam_math.sam_input_grid(300, 410, long_side=128)
     assert sam_grid == (5, 8)  # 304 x 416 -> 93.5 x 128 px -> 94 // 16 = 5 rows, 8 columns
     attn, values = sam_inputs(b=1, heads=2, n=sam_grid[0] * sam_grid[1], d=3)
-    mixed = trident.aggregate(spliced, trident.sam_correlation(attn, values), sam_grid)
+    mixed = sam_math.aggregate(spliced, sam_math.sam_correlation(attn, values), sam_grid)
     assert mixed.shape == (1, 40, 7) and torch.isfinite(mixed).all()
 
     def taps(out_size, in_size):
@@ -298,8 +298,8 @@ def test_pipeline_shapes_end_to_end():
     torch.testing.assert_close(mixed[0].double(), want, rtol=1e-5, atol=1e-6)
     # the same feature in every crop comes through unchanged: the splice averages, the weights sum to 1
     constant = torch.arange(7.0)[None, None, :, None, None].expand_as(crops)
-    flat = trident.aggregate(trident.splice_crops(constant, windows, (19, 26)),
-                             trident.sam_correlation(attn, values), sam_grid)
+    flat = sam_math.aggregate(trident.splice_crops(constant, windows, (19, 26)),
+                              sam_math.sam_correlation(attn, values), sam_grid)
     torch.testing.assert_close(flat, torch.arange(7.0).expand(1, 40, 7))
 
 
@@ -308,7 +308,7 @@ def test_refinement_inputs_halve_and_ignore():
     g = torch.Generator().manual_seed(8)
     probs = torch.rand(3, 8, 10, generator=g).softmax(0)
     labels = probs.argmax(0)
-    small, p = trident.refinement_inputs(labels, probs, coarse_thresh=0.36)
+    small, p = sam_math.refinement_inputs(labels, probs, coarse_thresh=0.36)
     assert small.shape == (4, 5) and p.shape == (3, 4, 5)
     blocks = probs.reshape(3, 4, 2, 5, 2).mean((2, 4))  # bilinear halving: 2 x 2 means
     torch.testing.assert_close(p, blocks)
@@ -317,7 +317,7 @@ def test_refinement_inputs_halve_and_ignore():
             want = 3 if blocks[:, i, j].max() < 0.36 else labels[2 * i, 2 * j]
             assert small[i, j] == want
     assert (small == 3).any() and (small < 3).any()
-    same, _ = trident.refinement_inputs(labels, probs, coarse_thresh=0.0)
+    same, _ = sam_math.refinement_inputs(labels, probs, coarse_thresh=0.0)
     assert (same == labels[::2, ::2]).all()
 
 
@@ -334,7 +334,7 @@ def test_region_prompts_by_hand():
     probs[1, 19, 19] = 0.8
     probs[1, 19, 11] = 0.8        # same maximum as (19, 19): the first in row-major order wins
     probs[1, 0, 19] = 0.95        # outside every region of class 1
-    regions = trident.region_prompts(labels, probs, num_classes=3, coarse_thresh=0.2, minimal_area=10)
+    regions = sam_math.region_prompts(labels, probs, num_classes=3, coarse_thresh=0.2, minimal_area=10)
     assert [r["class"] for r in regions] == [1, 1]
     first, second = regions
     assert first["mask"].sum() == 34 and second["mask"].sum() == 80
@@ -343,8 +343,8 @@ def test_region_prompts_by_hand():
     np.testing.assert_array_equal(second["box"], [10, 12, 19, 19])
     np.testing.assert_array_equal(second["point"], [11, 19])
     assert second["score"] == pytest.approx((78 * 0.1 + 2 * 0.8) / 80)
-    assert trident.region_prompts(labels, probs, 3, 0.2, minimal_area=35)[0]["mask"].sum() == 80
-    at = trident.region_prompts(labels, probs, 3, coarse_thresh=0.19, minimal_area=10)  # max == threshold: kept
+    assert sam_math.region_prompts(labels, probs, 3, 0.2, minimal_area=35)[0]["mask"].sum() == 80
+    at = sam_math.region_prompts(labels, probs, 3, coarse_thresh=0.19, minimal_area=10)  # max == threshold: kept
     assert [r["class"] for r in at] == [1, 1, 2] and at[2]["mask"].sum() == 40
 
 
@@ -354,7 +354,7 @@ def test_region_prompts_against_scipy_labelling():
     labels = np.kron(coarse, np.ones((4, 4), dtype=int))
     labels[rng.random(labels.shape) < 0.05] = 3  # scattered ignored pixels
     probs = rng.random((3, 24, 32))
-    regions = trident.region_prompts(labels, probs, 3, coarse_thresh=0.2, minimal_area=12)
+    regions = sam_math.region_prompts(labels, probs, 3, coarse_thresh=0.2, minimal_area=12)
     want = []
     for c in range(3):
         components, count = ndimage.label(labels == c, structure=np.ones((3, 3)))
@@ -374,21 +374,21 @@ def test_region_prompts_against_scipy_labelling():
 
 
 def test_mask_prompt():
-    const = trident.mask_prompt(np.full((32, 48), 0.5), (300, 450), coarse_thresh=0.2, coff=0.005)
+    const = sam_math.mask_prompt(np.full((32, 48), 0.5), (300, 450), coarse_thresh=0.2, coff=0.005)
     assert const.shape == (256, 256)
     new_h = int(300 * 256 / 450 + 0.5)  # 171
     np.testing.assert_allclose(const[:new_h], 0.0025, rtol=1e-6)
     assert (const[new_h:] == 0).all()
-    assert (trident.mask_prompt(np.full((32, 48), 0.2), (300, 450)) == 0).all()  # strictly above the threshold
+    assert (sam_math.mask_prompt(np.full((32, 48), 0.2), (300, 450)) == 0).all()  # strictly above the threshold
     step = np.zeros((16, 16))
     step[:, 8:] = 1.0
-    out = trident.mask_prompt(step, (64, 64), coarse_thresh=0.2, coff=0.5)
+    out = sam_math.mask_prompt(step, (64, 64), coarse_thresh=0.2, coff=0.5)
     assert (out[:, :120] == 0).all() and (out[:, 136:] == 0.5).all()
     assert set(np.unique(out[:, 120:136])) - {0.0} and (out[:, 120:136] <= 0.5).all()
 
 
 def test_keep_confident_is_strict():
-    np.testing.assert_array_equal(trident.keep_confident(np.array([[0.79], [0.8], [0.81]]), 0.8), [False, False, True])
+    np.testing.assert_array_equal(sam_math.keep_confident(np.array([[0.79], [0.8], [0.81]]), 0.8), [False, False, True])
 
 
 def refined_inputs(seed=10, regions=4, classes=3, h=6, w=7):
@@ -402,7 +402,7 @@ def test_merge_refined_per_pixel():
     logits, probs, coarse = refined_inputs()
     logits[:, 0, 0] = -1.0  # no mask covers this pixel: coarse label, zero scores
     classes = torch.tensor([2, 0, 2, 2])
-    labels, scores = trident.merge_refined(logits, classes, probs, coarse)
+    labels, scores = sam_math.merge_refined(logits, classes, probs, coarse)
     for y in range(6):
         for x in range(7):
             want = torch.zeros(3)
@@ -417,10 +417,10 @@ def test_merge_refined_per_pixel():
 
 def test_restore_failed_raises_scores_but_not_labels():
     logits, probs, coarse = refined_inputs(seed=11, h=8, w=8)
-    labels, scores = trident.merge_refined(logits, torch.tensor([0, 1, 1, 2]), probs, coarse)
+    labels, scores = sam_math.merge_refined(logits, torch.tensor([0, 1, 1, 2]), probs, coarse)
     failed = torch.zeros(1, 4, 4, dtype=torch.bool)
     failed[0, :2, 1:3] = True  # half resolution: rows 0..3, columns 2..5 at full size
-    new_labels, new_scores = trident.restore_failed(failed, probs, scores, labels, coarse)
+    new_labels, new_scores = sam_math.restore_failed(failed, probs, scores, labels, coarse)
     for y in range(8):
         for x in range(8):
             inside = y < 4 and 2 <= x < 6
@@ -428,7 +428,7 @@ def test_restore_failed_raises_scores_but_not_labels():
             torch.testing.assert_close(new_scores[:, y, x], want)
     assert (new_labels == labels).all()  # the released label condition compares after the update
     assert not torch.equal(new_scores, scores)
-    same = trident.restore_failed(torch.zeros(0, 4, 4, dtype=torch.bool), probs, scores, labels, coarse)
+    same = sam_math.restore_failed(torch.zeros(0, 4, 4, dtype=torch.bool), probs, scores, labels, coarse)
     assert same[0] is labels and same[1] is scores
 
 
@@ -436,16 +436,16 @@ def test_aggregate_halves_puts_the_halves_side_by_side():
     g = torch.Generator().manual_seed(12)
     spliced = torch.randn(2, 3, 4, 10, generator=g)
     w_left, w_right = torch.rand(2, 6, 6, generator=g), torch.rand(2, 9, 9, generator=g)
-    got = trident.aggregate_halves(spliced, (w_left, w_right), ((3, 2), (3, 3)))
+    got = sam_math.aggregate_halves(spliced, (w_left, w_right), ((3, 2), (3, 3)))
     assert got.shape == (2, 15, 3)
-    left = trident.aggregate(spliced[..., :5], w_left, (3, 2))
-    right = trident.aggregate(spliced[..., 5:], w_right, (3, 3))
+    left = sam_math.aggregate(spliced[..., :5], w_left, (3, 2))
+    right = sam_math.aggregate(spliced[..., 5:], w_right, (3, 3))
     for y in range(3):
         for x in range(5):
             want = left[:, y * 2 + x] if x < 2 else right[:, y * 3 + x - 2]
             torch.testing.assert_close(got[:, y * 5 + x], want)
     with pytest.raises(ValueError, match="height"):
-        trident.aggregate_halves(spliced, (w_left, w_right), ((2, 3), (3, 3)))
+        sam_math.aggregate_halves(spliced, (w_left, w_right), ((2, 3), (3, 3)))
 
 
 def test_proxy_attention_shares_one_mean_over_the_crops():

@@ -14,6 +14,7 @@ from cass.build import build_model
 from cass.config import CASSConfig, ConfigError
 from cass.family import cfg_options, get_method, requirements
 from cass.images import ImageError, as_bgr_uint8, normalise, resize_keep_ratio
+from cass.merges import splice_features
 from cass.random_weights import TINY_SAM, random_clip, random_dino, random_sam, write_sam
 from cass.sam_encoder import last_global_attention
 
@@ -92,7 +93,7 @@ def test_spliced_features_equal_the_released_structure(towers):
     for k, (y1, x1, y2, x2) in enumerate(windows.tolist()):  # guidance_attn's loop
         total[:, y1:y2, x1:x2] += per_crop[k]
         count[y1:y2, x1:x2] += 1
-    got = model.spliced_features(image)
+    got = splice_features(model, image)
     torch.testing.assert_close(got, total / count, rtol=1e-4, atol=1e-5)
     assert len(windows) > 1 and (count > 1).any()  # the overlaps were averaged
 
@@ -113,7 +114,7 @@ def test_sam_aggregation_equals_the_encoder_path_and_the_head(towers):
     attn, values, (gh, gw) = last_global_attention(sam.image_encoder, x)
     attn, values = sam_math.crop_sam_tokens(attn, values.reshape(1, values.shape[1], gh, gw, -1), padded)
     weights = sam_math.sam_correlation(attn, values, 1.2, True)
-    mixed = sam_math.aggregate(model.spliced_features(image)[None], weights, padded)[0]
+    mixed = sam_math.aggregate(splice_features(model, image)[None], weights, padded)[0]
     feats = F.normalize(model.clip.visual.ln_post(mixed) @ model.clip.visual.proj, dim=-1)
     want = (feats @ model.text_state()[0].T).T.reshape(-1, *padded)
     torch.testing.assert_close(seen["logits"], want, rtol=1e-4, atol=1e-5)
@@ -292,7 +293,7 @@ def test_halves_aggregate_each_half_on_its_own_grid(towers):
     for got, want in zip(view.weights, weights):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(weights[0], weights[1], atol=1e-3)  # two different images
-    spliced = model.spliced_features(image)
+    spliced = splice_features(model, image)
     assert spliced.shape[-2:] == (6, 20)  # 96 x 320 px: the halves are columns 0..9 and 10..19
     left = sam_math.aggregate(spliced[None, :, :, :10], weights[0][None], (38, 64))[0].reshape(38, 64, -1)
     right = sam_math.aggregate(spliced[None, :, :, 10:], weights[1][None], (38, 64))[0].reshape(38, 64, -1)
@@ -404,7 +405,7 @@ def test_trident_with_a_patch_14_clip(towers):
         total[:, y1:y2, x1:x2] += on_clip[k]
         count[y1:y2, x1:x2] += 1
     spliced = total / count
-    torch.testing.assert_close(model.spliced_features(image), spliced, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(splice_features(model, image), spliced, rtol=1e-4, atol=1e-5)
 
     seen = capture_logits(model)
     out = model([image], [rgb.shape[:2]], [rgb])[0]
