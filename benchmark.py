@@ -102,7 +102,7 @@ OLD_WEIGHTS_FLAGS = {"--clip-weights": "--clip-path", "--vfm-weights": "--vfm-pa
 # ---------------------------------------------------------------------------- models
 def model_settings(keys: dict, precision: str | None, crop_batch_size: int) -> dict:
     """The settings of the timed model (:class:`~cass.config.CASSConfig` keys): the config's
-    model keys without :data:`BUILD_KEYS`, with ``precision`` (None: the config's) for both towers.
+    model keys without :data:`BUILD_KEYS`, with ``precision`` (None: the config's) for every tower (CLIP, the VFM, SAM).
 
     An unknown or invalid setting fails here, before any model is built.
     """
@@ -110,7 +110,8 @@ def model_settings(keys: dict, precision: str | None, crop_batch_size: int) -> d
     settings["crop_batch_size"] = crop_batch_size
     if precision is not None:
         settings["precision"] = precision
-        settings.pop("vfm_precision", None)
+        for tower in ("vfm_precision", "sam_precision"):  # one precision for every tower
+            settings.pop(tower, None)
     CASSConfig.from_keys(settings)
     return settings
 

@@ -75,6 +75,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def split_imports(cfg_options: dict) -> tuple[dict, list[str]]:
+    """``--cfg-options`` without ``custom_imports.imports=[...]``, and those modules.
+
+    mmengine imports the ``custom_imports`` of the config file when it reads it,
+    not those given on the command line; here they are imported first (a
+    method registered by a module outside the package, ``docs/architecture.md``)
+    and added to the config's own (its mmseg adapter stays).
+    """
+    options = dict(cfg_options)
+    imports = options.pop("custom_imports.imports", [])
+    imports = [imports] if isinstance(imports, str) else list(imports)
+    if "custom_imports" in options:
+        raise SystemExit("eval.py: give extra modules as --cfg-options custom_imports.imports=[module,...]")
+    return options, imports
+
+
 def build_config(args: argparse.Namespace) -> Config:
     """Load the benchmark config (importing cass's mmseg adapter through its
     custom_imports) and apply the command-line settings; ``--protocol``'s come
@@ -83,8 +99,15 @@ def build_config(args: argparse.Namespace) -> Config:
     from cass.api import protocol_cfg_options
     from cass.config_files import load_config, with_vfm_path
 
-    options = protocol_cfg_options(args.config, args.cfg_options, args.protocol)
+    options, imports = split_imports(args.cfg_options)
+    if imports:  # before anything looks the method up: a method registered outside the package
+        from mmengine.utils import import_modules_from_strings
+        import_modules_from_strings(imports)
+    options = protocol_cfg_options(args.config, options, args.protocol)
     cfg = load_config(args.config, import_custom_modules=True)
+    if imports:
+        cfg.custom_imports = dict(cfg.get("custom_imports", {}),
+                                  imports=[*cfg.get("custom_imports", {}).get("imports", []), *imports])
     cfg.model.pamr_steps = PAMR_STEPS[args.pamr]
     if args.clip_path is not None:
         cfg.model.clip_path = args.clip_path

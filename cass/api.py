@@ -131,7 +131,7 @@ class Segmenter:
         sam_path: local SAM weights where the method uses SAM (Trident);
             None: the public file, downloaded once.
         device: where the model runs (``'cpu'``, ``'cuda'``, ``'cuda:1'``).
-        precision: one of :data:`cass.config.PRECISIONS` for both towers;
+        precision: one of :data:`cass.config.PRECISIONS` for every tower (CLIP, the VFM, SAM);
             None keeps the config's (``'auto'``: float32 on the CPU).
         cfg_options: mmseg-style overrides of the config, ``{'model.prob_thd': 0.1}``;
             they win over the protocol's settings.
@@ -162,7 +162,8 @@ class Segmenter:
             keys["sam_path"] = sam_path
         if precision is not None:
             keys["precision"] = precision
-            keys.pop("vfm_precision", None)
+            for tower in ("vfm_precision", "sam_precision"):  # one precision for every tower
+                keys.pop(tower, None)
         keys.update(overrides)
         if classes is not None and class_file is not None:
             raise VocabularyError("give classes or class_file, not both")

@@ -111,8 +111,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, protocol: str = "cass")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="precision of both towers (default: the config's, 'auto': on CUDA CLIP fp16 and "
-                             "the VFM fp32 with TF32, like the released code; fp32 on the CPU)")
+                        help="precision of every tower (default: the config's, 'auto': on CUDA CLIP fp16, "
+                             "the VFM fp32 with TF32 and SAM's encoder fp16, like the released code; fp32 on the CPU)")
     parser.add_argument("--opacity", type=float, default=0.5, help="opacity of the class colours (0 to 1)")
     add_protocol_argument(parser, protocol)
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None, metavar="KEY=VALUE",

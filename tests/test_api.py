@@ -299,6 +299,16 @@ def test_settings_reach_the_model(make):
         make(cfg_options={"test_dataloader.dataset.pipeline": [dict(type="LoadImageFromFile"), dict(type="RandomFlip")]})
 
 
+def test_precision_sets_every_tower(make):
+    """``precision`` is one precision for CLIP, the VFM and SAM: the config's per-tower ones are dropped."""
+    towers = {"model.vfm_precision": "bf16", "model.sam_precision": "fp16"}
+    kept = make(cfg_options=towers).model.config.precision
+    assert (kept.vfm, kept.sam) == ("bf16", "fp16")
+    cfg = make(precision="fp32", cfg_options=towers).model.config.precision
+    assert (cfg.clip, cfg.vfm, cfg.sam) == ("fp32", None, None)
+    assert cfg.resolve("cuda") == ("fp32", "fp32") and cfg.resolve_sam("cuda") == "fp32"
+
+
 # ---------------------------------------------------------------- a method's published protocol
 def test_published_protocol_gives_trident_its_voc21_settings(weights_dir, tmp_path):
     """protocol='published': Trident's VOC21 short side, windows, thresholds and class file (cass.family),

@@ -93,21 +93,19 @@ def test_segmenter_runs_the_toy_method(toy, weights_dir):
 
 # ------------------------------------------------------------------ 2. eval.py
 def test_eval_runs_the_toy_method(toy, weights_dir, tmp_path):
-    """eval.py, unchanged, run by a launcher that imports the toy's module first (the way a user's own
-    method reaches it: mmengine imports a config's custom_imports when it reads the file, not those of
-    --cfg-options, so the registration must happen in the process before eval.py's main)."""
+    """eval.py, unchanged, imports the toy's module itself: ``--cfg-options custom_imports.imports=[toy_method]``
+    (the module importable, here through PYTHONPATH), before it looks the method up."""
     labels = [block_label([0, 15, 8, 12]), block_label([0, 7]), block_label([3, 0, 15])]
     data = voc_layout(tmp_path / "VOC2012", labels=labels)
     w = weights(weights_dir)
     tiny = [f"model.vfm_overrides.{key}={value}" for key, value in TINY_VFM.items()]
     args = ["--config", "configs/cfg_voc21.py", "--data-root", data, "--clip-path", w["clip_path"],
             "--vfm-path", w["vfm_path"], "--work-dir", tmp_path / "work", "--save-preds", tmp_path / "preds",
-            "--cfg-options", f"model.method={toy}", *tiny, "model.text_cache_dir=False",
-            "test_dataloader.num_workers=0"]
-    launcher = (f"import runpy, sys; sys.path.insert(0, {str(TESTS)!r}); import toy_method; "
-                "sys.argv = ['eval.py', *sys.argv[1:]]; runpy.run_path('eval.py', run_name='__main__')")
-    env = dict(os.environ, CASS_CACHE_DIR=str(tmp_path / "cache"), CASS_WEIGHTS_DIR=str(tmp_path / "weights-cache"))
-    result = subprocess.run([sys.executable, "-c", launcher, *map(str, args)], cwd=REPO, env=env,
+            "--cfg-options", f"model.method={toy}", "custom_imports.imports=[toy_method]", *tiny,
+            "model.text_cache_dir=False", "test_dataloader.num_workers=0"]
+    env = dict(os.environ, CASS_CACHE_DIR=str(tmp_path / "cache"), CASS_WEIGHTS_DIR=str(tmp_path / "weights-cache"),
+               PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "eval.py", *map(str, args)], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     record = json.loads((tmp_path / "preds" / "cass_run.json").read_text())
