@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from cass import ConfigError, VocabularyError, WeightsError
 from cass.api import Segmentation, Segmenter
-from cass.cli import add_model_arguments, check_model_arguments
+from cass.cli import DeprecatedAlias, add_model_arguments, check_model_arguments
 from cass.images import ImageError, check_image_file, read_image
 from cass.text import class_list
 from cass.visualize import format_share, legend_record, save_png
@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--save-probs", nargs="?", const=True, default=None, metavar="NPY",
                         help="also write the class probabilities, (classes, H, W) float32: to this .npy for a "
                              "single image, beside each PNG otherwise")
-    parser.add_argument("--save-logits", dest="save_probs", nargs="?", const=True, default=None, metavar="NPY",
+    parser.add_argument("--save-logits", action=DeprecatedAlias, dest="save_probs", new="--save-probs", nargs="?",
+                        const=True, metavar="NPY",
                         help="deprecated: the old name of --save-probs (it always wrote probabilities)")
     parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     parser.add_argument("--batch-size", type=int, default=4, help="images per model call (default: 4)")

@@ -204,7 +204,9 @@ def test_demo_old_flag_names_are_aliases(demo, weights_dir, tmp_path, capsys):
         outputs[save] = np.load(npy)
     np.testing.assert_array_equal(outputs["--save-logits"], outputs["--save-probs"])
     assert outputs["--save-probs"].shape == (2, 40, 56)
+    assert "demo.py: warning: --save-logits is deprecated; use --save-probs" in capsys.readouterr().err
     assert demo.parse_args(["--save-logits"]).save_probs is True  # one .npy beside each PNG, as --save-probs
+    assert demo.parse_args([]).save_probs is None
     with pytest.raises(SystemExit):
         demo.parse_args(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
