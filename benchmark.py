@@ -83,7 +83,8 @@ from cass.config import PRECISIONS, CASSConfig
 from cass.config_files import DEFAULT_CONFIG, VFM_PATH_KEYS, load_config, model_keys, with_vfm_path
 from cass.constants import CLIP_MEAN, CLIP_STD
 from cass.family import BENCHMARKS, METHODS, PROTOCOL_NAMES, cfg_options, requirements
-from cass.model import CASSModel, image_boxes
+from cass.merges import image_boxes
+from cass.model import CASSModel
 from cass.random_weights import TINY_SAM, TINY_VFM, random_clip, random_dino, random_sam
 from cass.weights import clip_from_state_dict
 

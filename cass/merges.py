@@ -25,13 +25,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import clip_vit, trident
+from .config import CASSConfig
 from .stages import stage
+from .trident import slide_windows
 
 
 class MergeStep(Protocol):
     def maps(self, model, images: Sequence[Tensor]) -> list[Tensor]: ...
 
     def logits(self, model, maps: Tensor) -> Tensor: ...
+
+
+def image_boxes(height: int, width: int, cfg: CASSConfig) -> list[tuple[int, int, int, int]]:
+    """The crops of one resized image: the whole image, or the sliding windows."""
+    if cfg.window.whole_image:
+        return [(0, 0, height, width)]
+    return slide_windows(height, width, cfg.window.slide_crop, cfg.window.slide_stride)
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -49,8 +58,6 @@ class AverageLogits:
     @torch.no_grad()
     def maps(self, model, images: Sequence[Tensor]) -> list[Tensor]:
         """(3, H_i, W_i) CLIP-normalised resized images -> (Q, H_i, W_i) float32 query logits."""
-        from .model import image_boxes  # the model imports this module
-
         window = model.config.window
         boxes = [image_boxes(*img.shape[-2:], model.config) for img in images]
         embeddings: list[Tensor | None] = [None] * len(images)

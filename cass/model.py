@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -31,17 +31,13 @@ from .images import rgb_uint8
 from .merges import MERGE_STEPS
 from .method_context import MethodContext
 from .pamr import pamr_within_memory
+from .precision import DTYPE_PRECISIONS, DTYPES, tf32_matmuls
 from .stages import stage
 from .text import Vocabulary
 from .tower_checks import check_towers
 from .trident import slide_windows  # mmseg's windows; exported here as cass.slide_windows
 
 logger = logging.getLogger(__name__)
-DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# what model.to(dtype), .float(), .half() and .bfloat16() set as the precision of both towers
-DTYPE_PRECISIONS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
 class Prediction(NamedTuple):
     """Segmentation of one image at its output size.
 
@@ -54,27 +50,6 @@ class Prediction(NamedTuple):
 
     probs: Tensor
     labels: Tensor
-
-
-def image_boxes(height: int, width: int, cfg: CASSConfig) -> list[tuple[int, int, int, int]]:
-    """The crops of one resized image: the whole image, or the sliding windows."""
-    if cfg.window.whole_image:
-        return [(0, 0, height, width)]
-    return slide_windows(height, width, cfg.window.slide_crop, cfg.window.slide_stride)
-
-
-@contextlib.contextmanager
-def tf32_matmuls(enabled: bool) -> Iterator[None]:
-    """TF32 matrix products and convolutions on CUDA inside the block, restored after."""
-    if not enabled:
-        yield
-        return
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 class CASSModel(nn.Module):

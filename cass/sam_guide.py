@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from . import sam_math
 from .config import SAMConfig
 from .images import ImageError
-from .model import DTYPES, tf32_matmuls
+from .precision import DTYPES, tf32_matmuls
 from .sam_encoder import block_attention, last_global_index, last_global_input
 from .stages import stage
 

@@ -22,7 +22,7 @@ from cass import random_weights, weights
 from cass.backbones import SAM_SPECS, SAMSpec
 from cass.build import build_model
 from cass.config import CASSConfig, ConfigError, PrecisionConfig, SAMConfig
-from cass.model import DTYPES
+from cass.precision import DTYPES
 from cass.random_weights import TINY_SAM
 from cass.sam_encoder import last_global_attention, last_global_index
 from cass.sam_guide import SAMGuide, sam_image
