@@ -49,8 +49,9 @@ BENCHMARKS: dict[str, str] = {
 }
 # The Resize step of every benchmark's test pipeline (configs/_base_/datasets: step 1).
 RESIZE_KEY = "test_dataloader.dataset.pipeline.1.scale"
-# How crops become an image: "logits" averages the crops' logits over the windows; "features" splices
-# the crops' features (before CLIP's ln_post and proj) into one token grid of the image (Trident).
+# How crops become an image, the family's own merge steps (cass.merges.MERGE_STEPS): "logits" averages the
+# crops' logits over the windows; "features" splices the crops' features (before CLIP's ln_post and proj)
+# into one token grid of the image (Trident). cass.merges.register_merge_step adds others.
 MERGES = ("logits", "features")
 PROTOCOL_NAMES = ("published", "cass")
 
@@ -86,7 +87,9 @@ class Method:
         vfm_positions: ``"any"``, or ``"absolute"`` when the VFM must have an
             absolute positional embedding (no RoPE;
             :func:`cass.tower_checks.check_absolute_positions`).
-        merge: how crops become an image (:data:`MERGES`).
+        merge: how crops become an image: a name of :data:`cass.merges.MERGE_STEPS`
+            (the family's :data:`MERGES`, or one added by ``register_merge_step``),
+            checked when a model is built.
         sam_aggregation: SAM's correlation aggregates the image by default.
         sam_refinement: SAM refines the prediction by default.
         residual: the published last block keeps the residual and the
@@ -118,8 +121,8 @@ class Method:
     source: str = "not published"
 
     def __post_init__(self) -> None:
-        if self.merge not in MERGES:
-            raise ValueError(f"method {self.name!r}: merge must be one of {MERGES}, got {self.merge!r}")
+        if not (isinstance(self.merge, str) and self.merge.isidentifier()):
+            raise ValueError(f"method {self.name!r}: merge must name a merge step, got {self.merge!r}")
         if self.vfm_positions not in ("any", "absolute"):
             raise ValueError(f"method {self.name!r}: vfm_positions must be 'any' or 'absolute'")
         unknown = (set(self.protocol) | set(self.published)

@@ -12,7 +12,8 @@ cover a pixel; :class:`SpliceFeatures` (``merge="features"``, Trident): the
 maps are the windows' features spliced into one token grid of the image
 before CLIP's head, which turns them into logits. The model
 (:class:`cass.model.CASSModel`) calls ``MERGE_STEPS[entry.merge]`` and
-branches on no method.
+branches on no method; :func:`register_merge_step` adds a step from outside
+the package (a method whose crops become an image in another way).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import clip_vit, trident
-from .config import CASSConfig
+from .config import CASSConfig, ConfigError
 from .stages import stage
 from .trident import slide_windows
 
@@ -157,3 +158,19 @@ def features_logits(model, feats: Tensor) -> Tensor:
 
 
 MERGE_STEPS: dict[str, MergeStep] = {"logits": AverageLogits(), "features": SpliceFeatures()}
+
+
+def register_merge_step(name: str, step: MergeStep) -> MergeStep:
+    """Add a merge step that a method entry can name (``Method(merge=name)``); a name is registered once."""
+    if name in MERGE_STEPS:
+        raise ValueError(f"merge step {name!r} is already registered")
+    MERGE_STEPS[name] = step
+    return step
+
+
+def get_merge_step(method: str, name: str) -> MergeStep:
+    """The merge step ``name`` of ``method``'s entry; an unknown one is a one-line :class:`ConfigError`."""
+    if name not in MERGE_STEPS:
+        raise ConfigError(f"method {method!r} merges its crops with {name!r}, which is no merge step; merge steps: "
+                          f"{', '.join(MERGE_STEPS)} (cass.merges.register_merge_step adds one)")
+    return MERGE_STEPS[name]

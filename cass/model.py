@@ -28,7 +28,7 @@ from .backbones import VFM_SPECS, VFMSpec
 from .config import CASSConfig, ConfigError
 from .family import get_method, requirements
 from .images import rgb_uint8
-from .merges import MERGE_STEPS
+from .merges import get_merge_step
 from .method_context import MethodContext
 from .pamr import pamr_within_memory
 from .precision import DTYPE_PRECISIONS, DTYPES, tf32_matmuls
@@ -98,7 +98,7 @@ class CASSModel(nn.Module):
         self.text_cache_dir = text_cache_dir
         self.clip = clip.eval()
         self.method = get_method(self.config.method.name)
-        self.merge_step = MERGE_STEPS[self.method.merge]  # how crops become an image (cass.merges)
+        self.merge_step = get_merge_step(self.method.name, self.method.merge)  # how crops become an image
         need = requirements(self.config)
         if not need.vfm:
             vfm = None  # never looked at: not kept, not moved, not cast

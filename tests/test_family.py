@@ -229,13 +229,49 @@ def test_a_new_method_is_one_entry(keykey):
         register_method(keykey)
 
 
+def test_a_method_with_its_own_merge_step(keykey):
+    """A merge step registered from outside the package (cass.merges.register_merge_step): here the
+    windows' average with doubled logits, which is the same as doubling the logit scale."""
+    from cass.merges import MERGE_STEPS, AverageLogits, register_merge_step
+
+    class DoubledLogits(AverageLogits):
+        def logits(self, model, maps):
+            return 2 * maps
+
+    register_merge_step("doubled", DoubledLogits())
+    register_method(Method(name="keykey2", title="key-key, doubled", last_block="test_family:key_key_features",
+                           merge="doubled"))
+    register_method(Method(name="keykey3", title="key-key, unknown merge", last_block="test_family:key_key_features",
+                           merge="tokens"))
+    try:
+        image = torch.linspace(-2, 2, 3 * 48 * 64).reshape(3, 48, 64)
+        clip, vocabulary = tiny_clip(), Vocabulary.from_classes(CLASSES)
+
+        def probs(method, scale):
+            keys = dict(method=method, precision="fp32", logit_scale=scale, slide_crop=32, slide_stride=16)
+            return CASSModel(clip, None, vocabulary, CASSConfig.from_keys(keys), text_cache_dir=False)([image])[0].probs
+
+        doubled = probs("keykey2", 40)
+        torch.testing.assert_close(doubled, probs("keykey", 80))
+        assert not torch.allclose(doubled, probs("keykey", 40))
+        with pytest.raises(ValueError, match="already registered"):
+            register_merge_step("doubled", DoubledLogits())
+        with pytest.raises(ConfigError, match=r"^method 'keykey3' merges its crops with 'tokens', which is no merge "
+                                              r"step; merge steps: logits, features, doubled \(cass.merges"):
+            probs("keykey3", 40)
+    finally:
+        MERGE_STEPS.pop("doubled", None)
+        METHODS.pop("keykey2", None)
+        METHODS.pop("keykey3", None)
+
+
 def test_unknown_method_is_one_line():
     with pytest.raises(ConfigError, match=r"^method must be one of \('cass', .*'proxyclip', 'trident'\), got 'dino'$"):
         CASSConfig.from_keys(dict(method="dino"))
     with pytest.raises(KeyError, match="unknown method 'dino'"):
         get_method("dino")
-    with pytest.raises(ValueError, match="merge must be one of"):
-        Method(name="x", title="x", last_block="m:f", merge="tokens")
+    with pytest.raises(ValueError, match="merge must name a merge step"):
+        Method(name="x", title="x", last_block="m:f", merge="")
 
 
 # ---------------------------------------------------------------- casts set the precision
