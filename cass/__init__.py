@@ -19,7 +19,7 @@ _EXPORTS = {
     "SpectralConfig": "config", "TextConfig": "config", "WindowConfig": "config", "MethodConfig": "config",
     "Method": "family", "register_method": "family",
     "ImageError": "images",
-    "CASSModel": "model", "Prediction": "model", "slide_windows": "model",
+    "CASSModel": "model", "Prediction": "model", "slide_windows": "trident",
     "Vocabulary": "text", "VocabularyError": "text", "parse_vocabulary": "text", "read_class_file": "text",
     "WeightsError": "weights",
 }

@@ -35,9 +35,10 @@ from .precision import DTYPE_PRECISIONS, DTYPES, tf32_matmuls
 from .stages import stage
 from .text import Vocabulary
 from .tower_checks import check_towers
-from .trident import slide_windows  # mmseg's windows; exported here as cass.slide_windows
 
 logger = logging.getLogger(__name__)
+
+
 class Prediction(NamedTuple):
     """Segmentation of one image at its output size.
 
@@ -118,6 +119,18 @@ class CASSModel(nn.Module):
         self._set_precision()
 
     # ------------------------------------------------------------------ state
+    @property
+    def config(self) -> CASSConfig:
+        """Every setting. Replacing it (``model.config = model.config.replace(...)``) reaches SAM's
+        helper too, which reads its own part (:class:`~cass.config.SAMConfig`)."""
+        return self._config
+
+    @config.setter
+    def config(self, config: CASSConfig) -> None:
+        self._config = config
+        if getattr(self, "sam_guide", None) is not None:
+            self.sam_guide.config = config.sam
+
     @property
     def device(self) -> torch.device:
         return self.clip.visual.conv1.weight.device

@@ -60,9 +60,9 @@ def slide_windows(height: int, width: int, crop: int, stride: int) -> list[tuple
     ``1 + ceil(max(side - crop, 0) / stride)`` windows per side, the last one
     shifted back to end at the border; a side shorter than ``crop`` gives one
     window of that side's length. The logit-merging methods average their
-    crops' logits over these windows (:class:`cass.model.CASSModel`, which
-    exports this function as ``cass.model.slide_windows``); Trident splices
-    its crops' features over them in tokens (:func:`sliding_windows`).
+    crops' logits over these windows (:class:`cass.merges.AverageLogits`;
+    also ``cass.slide_windows``); Trident splices its crops' features over
+    them in tokens (:func:`sliding_windows`).
 
     Returns:
         ``rows * cols`` boxes (``y2``, ``x2`` exclusive).

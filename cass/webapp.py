@@ -427,8 +427,6 @@ class Engine:
         model = segmenter.model
         model.config = model.config.replace(**{**preset.settings, "prob_thd": prob_thd,
                                                "pamr_steps": PAMR_STEPS if pamr else 0})
-        if model.sam_guide is not None:  # SAM's settings are read from its guide
-            model.sam_guide.config = model.config.sam
         segmenter.scale = preset.scale
 
     def run(self, request: Request, progress: Progress = _no_progress) -> Outcome:

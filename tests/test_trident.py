@@ -42,11 +42,12 @@ def test_sliding_windows_stride_112_and_small_images():
 
 
 def test_sliding_windows_are_the_models_windows_in_tokens():
-    """One formula: every method's windows (``cass.model.slide_windows``) are mmseg's scheme written out
-    (the former two copies), and Trident's are them divided by the patch, or refused off the token grid."""
-    from cass import model
+    """One formula: every method's windows (those of the merge steps, ``cass.merges``) are mmseg's scheme
+    written out (the former two copies), and Trident's are them divided by the patch, or refused off the
+    token grid."""
+    from cass import merges
 
-    assert model.slide_windows is trident.slide_windows
+    assert merges.slide_windows is trident.slide_windows
     for crop, stride in [(336, 224), (336, 112), (224, 112), (96, 64), (64, 32)]:
         for h in (16, 64, 100, 224, 320, 336, 448, 500, 688):
             for w in (32, 96, 336, 410, 576, 1008):

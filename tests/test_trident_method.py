@@ -483,3 +483,14 @@ def test_the_published_resize_reaches_the_segmenter():
         options = {k: eval(v) for k, v in options.items() if k.startswith("test_dataloader")}  # noqa: S307
         assert resize_scale(load_config(CONFIGS_DIR / f"{benchmark}.py", options)) == (2048, short)
     assert resize_scale(load_config(CONFIGS_DIR / "cfg_voc21.py")) == (2048, 336)  # CASS's own
+
+
+def test_replacing_the_config_reaches_sams_helper(towers):
+    """SAM's helper reads its own part of the settings; a new model config (the web app sets a preset's
+    for each request) reaches it, so refinement uses the new thresholds."""
+    model = trident_model(towers)
+    assert model.sam_guide.config == model.config.sam
+    model.config = model.config.replace(coarse_thresh=0.33, sam_iou_thresh=0.5, cos_fac=3.0)
+    assert model.sam_guide.config is model.config.sam
+    assert (model.sam_guide.config.coarse_thresh, model.sam_guide.config.sam_iou_thresh,
+            model.sam_guide.config.cos_fac) == (0.33, 0.5, 3.0)
