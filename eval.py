@@ -23,6 +23,7 @@ IoUMetric) and writes them, per class too, to ``<work-dir>/metrics.json``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -83,11 +84,13 @@ def split_imports(cfg_options: dict) -> tuple[dict, list[str]]:
     method registered by a module outside the package, ``docs/architecture.md``)
     and added to the config's own (its mmseg adapter stays).
     """
+    from cass.config import ConfigError
+
     options = dict(cfg_options)
     imports = options.pop("custom_imports.imports", [])
     imports = [imports] if isinstance(imports, str) else list(imports)
     if "custom_imports" in options:
-        raise SystemExit("eval.py: give extra modules as --cfg-options custom_imports.imports=[module,...]")
+        raise ConfigError("give extra modules as --cfg-options custom_imports.imports=[module,...]")
     return options, imports
 
 
@@ -97,12 +100,15 @@ def build_config(args: argparse.Namespace) -> Config:
     with ``--cfg-options``, under them (:func:`cass.api.protocol_cfg_options`,
     as :class:`cass.api.Segmenter` applies them)."""
     from cass.api import protocol_cfg_options
+    from cass.config import ConfigError
     from cass.config_files import load_config, with_vfm_path
 
     options, imports = split_imports(args.cfg_options)
-    if imports:  # before anything looks the method up: a method registered outside the package
-        from mmengine.utils import import_modules_from_strings
-        import_modules_from_strings(imports)
+    for module in imports:  # before anything looks the method up: a method registered outside the package
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ConfigError(f"--cfg-options custom_imports.imports: cannot import {module!r} ({err})") from None
     options = protocol_cfg_options(args.config, options, args.protocol)
     cfg = load_config(args.config, import_custom_modules=True)
     if imports:

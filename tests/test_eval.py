@@ -167,6 +167,20 @@ def test_eval_errors_are_one_line(tmp_path):
                         "set --data-root or the config's data_root")
 
 
+def test_eval_extra_imports_that_fail_are_one_line(capsys):
+    """``--cfg-options custom_imports.imports=[...]`` (a method registered outside the package): a module that
+    does not import, or the imports given another way, is a one-line error before any model is built."""
+    eval_script = load_eval_script()
+    config = str(REPO / "configs" / "cfg_voc21.py")
+    assert eval_script.main(["--config", config, "--cfg-options", "custom_imports.imports=[no_such_module]"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "eval.py: --cfg-options custom_imports.imports: cannot import 'no_such_module' "
+        "(No module named 'no_such_module')")
+    assert eval_script.main(["--config", config, "--cfg-options", "custom_imports=dict(imports=['x'])"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "eval.py: give extra modules as --cfg-options custom_imports.imports=[module,...]")
+
+
 def test_eval_missing_weights(tmp_path, voc_run, capsys):
     code = load_eval_script().main([
         "--config", str(REPO / "configs" / "cfg_voc21.py"), "--data-root", str(voc_run["data"]),
