@@ -29,7 +29,7 @@ from pathlib import Path
 
 
 from cass.cli import add_model_arguments, check_model_arguments
-from cass.family import METHODS
+from cass.methods import METHODS
 from cass.webapp import EXAMPLES, Engine, Options, Request, class_heatmap, legend_html, user_message
 
 try:
@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def options_from(args: argparse.Namespace) -> Options:
     return Options(config=None if args.config is None else str(args.config), clip_path=args.clip_path,
-                   vfm_path=args.vfm_path, sam_path=args.sam_path, device=args.device,
+                   vfm_path=args.vfm_path, sam_path=args.sam_path, mask_path=args.mask_path, device=args.device,
                    precision=args.precision, protocol=args.protocol,
                    cfg_options=dict(args.cfg_options or {}), max_models=args.max_models, opacity=args.opacity)
 

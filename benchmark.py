@@ -82,7 +82,9 @@ from cass.cli import add_weights_arguments
 from cass.config import PRECISIONS, CASSConfig
 from cass.config_files import DEFAULT_CONFIG, VFM_PATH_KEYS, load_config, model_keys, with_vfm_path
 from cass.constants import CLIP_MEAN, CLIP_STD
-from cass.family import BENCHMARKS, METHODS, PROTOCOL_NAMES, cfg_options, requirements
+from cass.benchmarks import BENCHMARKS, PROTOCOL_NAMES
+from cass.protocols import cfg_options
+from cass.methods import METHODS, requirements
 from cass.merges import image_boxes
 from cass.model import CASSModel
 from cass.random_weights import TINY_SAM, TINY_VFM, random_clip, random_dino, random_sam
@@ -93,7 +95,8 @@ from cass.weights import clip_from_state_dict
 # (cass.config_files.MMSEG_KEYS, which model_keys leaves out) they are the config's keys that are not
 # settings of the timed model.
 BUILD_KEYS = ("clip_path", "clip_model", "vfm", *VFM_PATH_KEYS, "vfm_model", "vfm_overrides", "name_path", "classes",
-              "text_cache_dir", "sam_path", "sam_ckpt", "sam_model", "sam_overrides")
+              "text_cache_dir", "sam_path", "sam_ckpt", "sam_model", "sam_overrides", "mask_path", "mask_cache_dir",
+              "mask_generator_model")
 STAGES = {**stages.STAGES, "other": "other (batching, bookkeeping)"}
 # benchmark.py's former spellings of the weights flags (old name -> new name), still accepted with a warning.
 OLD_WEIGHTS_FLAGS = {"--clip-weights": "--clip-path", "--vfm-weights": "--vfm-path", "--dino-weights": "--vfm-path",
@@ -134,7 +137,8 @@ def random_openai_clip(tiny: bool, seed: int, arch: str) -> nn.Module:
 def tower_keys(args: argparse.Namespace, settings: dict) -> dict:
     """build_model's keys for the towers: random-weight modules, or ``--clip-path``,
     ``--vfm-path`` (under the config's key for it) and ``--sam-path`` read by build_model's
-    loaders; SAM only where ``settings`` (:func:`model_settings`) use it."""
+    loaders; SAM only where ``settings`` (:func:`model_settings`) use it; region masks from the configured
+    mask generator (``--mask-path``), not cached, where they use them."""
     keys: dict = dict(vfm=args.vfm)
     if args.clip_path is not None:
         keys["clip_path"] = args.clip_path
@@ -153,6 +157,8 @@ def tower_keys(args: argparse.Namespace, settings: dict) -> dict:
             keys.update(sam_path=args.sam_path, sam_overrides=TINY_SAM[kind] if args.tiny else None)
         else:
             keys["sam_model"] = random_sam(kind, args.tiny, args.seed)
+    if requirements(config).masks:  # the configured generator (--mask-path: its weights), generating every run
+        keys.update(mask_path=args.mask_path, mask_cache_dir=False)
     return keys
 
 
@@ -523,7 +529,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_weights_arguments(parser, random_default=True, old_names=OLD_WEIGHTS_FLAGS)
     parser.add_argument("--protocol", choices=PROTOCOL_NAMES, default="cass",
                         help="'published': the method's published settings for the config's benchmark "
-                             "(windows, thresholds, VFM; cass.family.cfg_options) before --cfg-options; "
+                             "(windows, thresholds, VFM; cass.protocols.cfg_options) before --cfg-options; "
                              "the image size stays --size (default: cass, the config's settings)")
     parser.add_argument("--tiny", action="store_true", help="tiny random models (tests, smoke runs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and images (default: 0)")

@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
 
     log(f"loading weights on {args.device}")
     segmenter = Segmenter(args.config, classes=classes, class_file=args.class_file, clip_path=args.clip_path,
-                          vfm_path=args.vfm_path, sam_path=args.sam_path, device=args.device,
+                          vfm_path=args.vfm_path, sam_path=args.sam_path, mask_path=args.mask_path, device=args.device,
                           precision=args.precision, cfg_options=args.cfg_options, protocol=args.protocol)
     names = segmenter.class_names
     log(f"encoding text: {len(names)} classes, {len(segmenter.model.vocabulary.queries)} queries")

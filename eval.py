@@ -122,6 +122,8 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.sam_path is not None:  # replaces sam_ckpt (Trident's key for the same file), as cass.api does
         cfg.model.pop("sam_ckpt", None)
         cfg.model.sam_path = args.sam_path
+    if args.mask_path is not None:
+        cfg.model.mask_path = args.mask_path
     if args.data_root is not None:
         cfg.test_dataloader.dataset.data_root = str(args.data_root)
     cfg.merge_from_dict(options)
@@ -202,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eval.py: config not found: {args.config}", file=sys.stderr)
         return 1
     from cass import ConfigError, VocabularyError, WeightsError
+    from cass.masks import MaskError
     from cass.mmseg.check_data import check_config
 
     try:
@@ -214,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problems:
             return 1
         report = evaluate(cfg, args.config.stem)
-    except (FileNotFoundError, VocabularyError, WeightsError, ConfigError) as err:  # anything else: a bug, with its traceback
+    except (FileNotFoundError, VocabularyError, WeightsError, ConfigError, MaskError) as err:  # anything else: a bug, with its traceback
         print(f"eval.py: {err}", file=sys.stderr)
         return 1
     if report is not None:

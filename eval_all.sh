@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Evaluate CASS (or another method of the family: any name registered in
-# cass/family.py's METHODS, the baselines and Trident included) on the paper's
+# cass/methods/'s registry (METHODS), the baselines and Trident included) on the paper's
 # eight benchmarks, then tabulate mIoU against the published numbers.
 #
 #   bash eval_all.sh                  # GPU 0, one benchmark after another
 #   bash eval_all.sh 0,1,2,3          # four GPUs, one benchmark per GPU at a time
 #   GPUS=0,1 bash eval_all.sh         # the same through the environment
 #   bash eval_all.sh 0,1 --pamr on    # further arguments go to every eval.py run
-#   bash eval_all.sh --method sclip   # another method (or METHOD=sclip): a name of cass/family.py's
+#   bash eval_all.sh --method sclip   # another method (or METHOD=sclip): a name of cass/methods/'s
 #                                     # METHODS (--help lists them); cass is the default
 #   bash eval_all.sh --method sclip --protocol cass   # with CASS's settings instead of SCLIP's
 #   bash eval_all.sh --method trident --clip ViT-H-14/laion2b_s32b_b79k   # another CLIP (its published row)
@@ -52,7 +52,7 @@ work_root=${WORK_ROOT:-work_dirs}
 python=${PYTHON:-python}
 if (( help )); then  # the comment above, then the methods as registered (never a list written here)
   awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$(basename "${BASH_SOURCE[0]}")"
-  "$python" -c 'from cass.family import METHODS; print("methods:", ", ".join(METHODS))'
+  "$python" -c 'from cass.methods import METHODS; print("methods:", ", ".join(METHODS))'
   exit
 fi
 if [[ $method != cass ]]; then
@@ -61,21 +61,28 @@ fi
 if [[ -n $clip ]]; then  # another CLIP writes beside the default one's results
   work_root=$work_root/${clip//\//_}
 fi
-# The paper's column order (the one list: cass/family.py's BENCHMARKS).
+# The paper's column order (the one list: cass/benchmarks.py's BENCHMARKS).
 if ! configs=$("$python" configs/methods.py --benchmarks); then
   echo "eval_all: could not read the benchmark list from configs/methods.py" >&2
   exit 1
 fi
 mapfile -t benchmarks <<< "${configs//cfg_/}"
-# The method's overrides per benchmark (checked before anything runs).
+# The method's overrides per benchmark (checked before anything runs; one process reads them all:
+# the method registry imports torch). configs/methods.py --all prints "[cfg_<name>]" then its lines.
 declare -A method_options
-for name in "${benchmarks[@]}"; do
-  if ! options=$("$python" configs/methods.py "$method" "cfg_$name" "$protocol"); then
-    echo "eval_all: no settings for method '$method' with protocol '$protocol'" >&2
-    exit 1
+if ! all_options=$("$python" configs/methods.py "$method" --all "$protocol"); then
+  echo "eval_all: no settings for method '$method' with protocol '$protocol'" >&2
+  exit 1
+fi
+section=
+while IFS= read -r line; do
+  if [[ $line =~ ^\[cfg_(.+)\]$ ]]; then
+    section=${BASH_REMATCH[1]}
+    method_options[$section]=
+  elif [[ -n $line ]]; then
+    method_options[$section]+=${method_options[$section]:+$'\n'}$line
   fi
-  method_options[$name]=$options
-done
+done <<< "$all_options"
 
 run_benchmark() {  # gpu name [eval.py args...]
   local gpu=$1 name=cfg_$2 key=$2
@@ -151,7 +158,7 @@ for k in "${!gpu_list[@]}"; do
   fi
 done
 
-# As a script, not `-m cass.summary`: the summary needs only the standard library.
+# As a script, not `-m cass.summary` (it runs without the package installed).
 summary_clip=()
 if [[ -n $clip ]]; then
   summary_clip=(--clip "$clip")

@@ -3,10 +3,10 @@
 The model (:class:`CASSModel`, :func:`build_model`, :class:`Segmenter`) needs
 torch, torchvision, open_clip, timm, scipy, scikit-learn and scikit-image;
 mmseg sees it through :mod:`cass.mmseg` (registered by the benchmark configs'
-``custom_imports``). The methods are registered in :mod:`cass.family`.
+``custom_imports``). The methods are one module each in :mod:`cass.methods`.
 
 The names below are imported on first use, so that the standard-library-only
-modules (:mod:`cass.family`, :mod:`cass.summary`) load without torch.
+modules (:mod:`cass.protocols`, :mod:`cass.cli`) load without torch.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ _EXPORTS = {
     "build_model": "build",
     "CASSConfig": "config", "ConfigError": "config", "OutputConfig": "config", "PrecisionConfig": "config",
     "SpectralConfig": "config", "TextConfig": "config", "WindowConfig": "config", "MethodConfig": "config",
-    "Method": "family", "register_method": "family",
+    "Method": "methods", "register_method": "methods",
     "ImageError": "images",
-    "CASSModel": "model", "Prediction": "model", "slide_windows": "trident",
+    "CASSModel": "model", "Prediction": "model", "slide_windows": "windows",
     "Vocabulary": "text", "VocabularyError": "text", "parse_vocabulary": "text", "read_class_file": "text",
     "WeightsError": "weights",
 }

@@ -18,7 +18,7 @@ are computed once and reused.
 Another method of the family runs with the config's settings (``protocol='cass'``,
 the default) or with its own published ones for the config's benchmark
 (``protocol='published'``: windows, test resize, thresholds, class-name file,
-:func:`cass.family.protocol_options`), as ``eval.py``, ``demo.py`` and the web
+:func:`cass.protocols.protocol_options`), as ``eval.py``, ``demo.py`` and the web
 app do with ``--protocol``::
 
     Segmenter("configs/cfg_voc21.py", method="trident", protocol="published")
@@ -38,7 +38,8 @@ from torch import Tensor
 from .build import build_model
 from .config import ConfigError
 from .config_files import DEFAULT_CONFIG, load_config, model_keys, resize_scale, with_vfm_path
-from .family import PROTOCOL_NAMES, protocol_options
+from .benchmarks import PROTOCOL_NAMES
+from .protocols import protocol_options
 from .images import ImageError, as_bgr_uint8, normalise, pil_to_array, read_image, resize_keep_ratio
 from .model import CASSModel
 from .text import VocabularyError
@@ -52,7 +53,7 @@ DEFAULT_PROTOCOL = "cass"
 def protocol_cfg_options(config: str | os.PathLike | None, cfg_options: dict | None = None,
                          protocol: str = DEFAULT_PROTOCOL, method: str | None = None) -> dict:
     """The overrides every entry point merges into a benchmark config: the method's ``protocol``
-    settings for the config's benchmark (:func:`cass.family.protocol_options`), then ``cfg_options``,
+    settings for the config's benchmark (:func:`cass.protocols.protocol_options`), then ``cfg_options``,
     the user's explicit ones, which win.
 
     Args:
@@ -130,6 +131,8 @@ class Segmenter:
             downloaded once). ``dino_path`` is the VFM's old name.
         sam_path: local SAM weights where the method uses SAM (Trident);
             None: the public file, downloaded once.
+        mask_path: local weights of the mask generator (SAM2) where the method
+            uses region masks (CorrCLIP); None: the public file, downloaded once.
         device: where the model runs (``'cpu'``, ``'cuda'``, ``'cuda:1'``).
         precision: one of :data:`cass.config.PRECISIONS` for every tower (CLIP, the VFM, SAM);
             None keeps the config's (``'auto'``: float32 on the CPU).
@@ -149,7 +152,7 @@ class Segmenter:
                  class_file: str | os.PathLike | None = None, clip_path: str | None = None,
                  vfm_path: str | None = None, device: str | torch.device = "cpu", precision: str | None = None,
                  cfg_options: dict | None = None, dino_path: str | None = None, sam_path: str | None = None,
-                 protocol: str = DEFAULT_PROTOCOL, **overrides) -> None:
+                 protocol: str = DEFAULT_PROTOCOL, mask_path: str | None = None, **overrides) -> None:
         if vfm_path is not None and dino_path is not None:
             raise ConfigError("give the VFM's weights once: vfm_path (dino_path is its old name)")
         self.protocol = protocol
@@ -160,6 +163,8 @@ class Segmenter:
         if sam_path is not None:
             keys.pop("sam_ckpt", None)
             keys["sam_path"] = sam_path
+        if mask_path is not None:
+            keys["mask_path"] = mask_path
         if precision is not None:
             keys["precision"] = precision
             for tower in ("vfm_precision", "sam_precision"):  # one precision for every tower
@@ -220,17 +225,21 @@ class Segmenter:
 
     def segment(self, images: Sequence[ImageInput]) -> list[Segmentation]:
         """Segment several images in one batch (their crops share tower forwards)."""
-        return self.segment_loaded([self.load(image) for image in images])
+        paths = [str(image) if isinstance(image, (str, os.PathLike)) else None for image in images]
+        return self.segment_loaded([self.load(image) for image in images], paths=paths)
 
-    def segment_loaded(self, originals: Sequence[np.ndarray],
-                       inputs: Sequence[Tensor] | None = None) -> list[Segmentation]:
+    def segment_loaded(self, originals: Sequence[np.ndarray], inputs: Sequence[Tensor] | None = None,
+                       paths: Sequence[str | None] | None = None,
+                       region_masks: Sequence[np.ndarray] | None = None) -> list[Segmentation]:
         """:meth:`segment` for images already loaded by :meth:`load` ((H, W, 3) uint8 BGR),
-        and optionally already prepared by :meth:`prepare`."""
+        and optionally already prepared by :meth:`prepare`; ``paths``: their files (mask files are
+        found by the image's name); ``region_masks``: each image's (H, W) region labels, where the
+        method uses them (CorrCLIP), instead of its mask generator's."""
         if inputs is None:
             inputs = [self.prepare(bgr) for bgr in originals]
         rgbs = [cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) for bgr in originals]
-        sam_images = rgbs if self.model.sam_guide is not None else None  # SAM sees the original image
-        predictions = self.model(inputs, [bgr.shape[:2] for bgr in originals], sam_images)
+        sam_images = rgbs if self.model.sees_originals else None  # SAM and mask generators see the original
+        predictions = self.model(inputs, [bgr.shape[:2] for bgr in originals], sam_images, region_masks, paths)
         return [Segmentation(probs=p.probs.cpu().numpy(), labels=p.labels.cpu().numpy(),
                              class_names=self.class_names, image=rgb)
                 for p, rgb in zip(predictions, rgbs)]

@@ -17,28 +17,48 @@ def url_file(url: str) -> str:
     return url.rsplit("/", 1)[-1]
 
 
+# The CLIP release formats (:attr:`CLIPSpec.release_format`) and what they hold.
+CLIP_FORMAT_NAMES = {
+    "openai": "OpenAI CLIP (TorchScript archive or state dict)",
+    "open_clip": "OpenCLIP state dict",
+    "metaclip": "MetaCLIP checkpoint ({'state_dict': ...} in OpenAI's layout)",
+}
+
+
 @dataclass(frozen=True)
 class CLIPSpec:
-    """A CLIP release: OpenAI's, or an OpenCLIP one.
+    """A CLIP release: OpenAI's, an OpenCLIP one or a MetaCLIP one.
 
     Attributes:
-        open_clip_name: the open_clip architecture (QuickGELU for OpenAI's models).
+        open_clip_name: the open_clip architecture (QuickGELU for OpenAI's and
+            MetaCLIP's models: ``*-quickgelu`` names where open_clip has both).
         url: the release (downloaded once when no path is given): OpenAI's
-            TorchScript archive, or OpenCLIP's state dict on the Hugging Face hub.
+            TorchScript archive, OpenCLIP's state dict on the Hugging Face hub,
+            or Meta's checkpoint.
         release_format: ``'openai'`` (OpenAI's archive or state dict, the
-            architecture read from its shapes) or ``'open_clip'`` (a state dict
-            of open_clip's ``CLIP`` of ``open_clip_name``, GELU).
+            architecture read from its shapes), ``'open_clip'`` (a state dict
+            of open_clip's ``CLIP`` of ``open_clip_name``, GELU) or
+            ``'metaclip'`` (Meta's training checkpoint: the weights under
+            ``'state_dict'``, in OpenAI's key layout, QuickGELU; loaded as
+            OpenAI's, the architecture read from its shapes); a key of
+            :data:`CLIP_FORMAT_NAMES`.
     """
 
     open_clip_name: str
     url: str
     release_format: str = "openai"
 
+    def __post_init__(self) -> None:
+        if self.release_format not in CLIP_FORMAT_NAMES:
+            raise ValueError(f"release_format must be one of {sorted(CLIP_FORMAT_NAMES)}, got {self.release_format!r}")
+
     @property
     def release_file(self) -> str:
         """File name of the release (``'.../ViT-L-14.pt'`` -> ``'ViT-L-14.pt'``)."""
         return url_file(self.url)
 
+
+METACLIP_URL = "https://dl.fbaipublicfiles.com/MMPT/metaclip/"
 
 CLIP_SPECS: dict[str, CLIPSpec] = {
     "ViT-B/16": CLIPSpec("ViT-B-16", "https://openaipublic.azureedge.net/clip/models/"
@@ -51,6 +71,12 @@ CLIP_SPECS: dict[str, CLIPSpec] = {
     "ViT-H-14/laion2b_s32b_b79k": CLIPSpec(
         "ViT-H-14", "https://huggingface.co/laion/CLIP-ViT-H-14-laion2B-s32B-b79K/resolve/main/"
         "open_clip_pytorch_model.bin", release_format="open_clip"),
+    # CorrCLIP's rows: MetaCLIP trained on 2.5B pairs of full CommonCrawl, open_clip's "metaclip_fullcc" tag
+    # (CorrCLIP's create_model(model_type, pretrained=clip_type)); Meta's files, as open_clip's table lists them
+    "ViT-B-16-quickgelu/metaclip_fullcc": CLIPSpec(
+        "ViT-B-16-quickgelu", METACLIP_URL + "b16_fullcc2.5b.pt", release_format="metaclip"),
+    "ViT-L-14-quickgelu/metaclip_fullcc": CLIPSpec(
+        "ViT-L-14-quickgelu", METACLIP_URL + "l14_fullcc2.5b.pt", release_format="metaclip"),
 }
 
 # Display names of the VFM release formats (for messages).

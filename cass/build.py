@@ -9,14 +9,14 @@ before any weights are read.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
 
 from .backbones import VFM_SPECS
-from .config import CASSConfig, ConfigError
-from .family import requirements
+from .config import CASSConfig, ConfigError, RegionConfig
+from .methods import requirements
 from .model import CASSModel
 from .text import Vocabulary, VocabularyError
 from .tower_checks import check_towers
@@ -39,10 +39,12 @@ def build_model(clip_path: str = "ViT-B/16", vfm: str = "dino_vitb8", vfm_path: 
                 classes: Sequence[str] | None = None, text_cache_dir: str | bool | None = None,
                 clip_model: nn.Module | None = None, vfm_model: nn.Module | None = None,
                 dino_path: str | None = None, sam_path: str | None = None, sam_overrides: dict | None = None,
-                sam_model: nn.Module | None = None, **settings: Any) -> CASSModel:
+                sam_model: nn.Module | None = None, mask_path: str | None = None,
+                mask_generator_model: Callable | None = None, mask_cache_dir: str | bool | None = None,
+                **settings: Any) -> CASSModel:
     """A model of the family from release weights (or given modules) and flat config keys.
 
-    Only what the configuration needs is built (:func:`cass.family.requirements`):
+    Only what the configuration needs is built (:func:`cass.methods.requirements`):
     a CLIP-only method reads no VFM file. The towers are checked
     (:func:`cass.tower_checks.check_towers`: head pairing, positional embedding)
     on the VFM's architecture, before its weights are read.
@@ -69,6 +71,15 @@ def build_model(clip_path: str = "ViT-B/16", vfm: str = "dino_vitb8", vfm_path: 
             image encoder (tiny test models; :data:`cass.random_weights.TINY_SAM`).
         sam_model: a ready ``Sam`` instead of loading weights (either way the
             model casts its image encoder to ``sam_precision``).
+        mask_path: the mask generator's weights (SAM2's release checkpoint,
+            ``sam2_hiera_large.pt``, ...), read where the configuration uses
+            region masks (CorrCLIP, ``region_vote``) made by ``mask_generator='sam2'``;
+            None downloads the public one.
+        mask_generator_model: a ready generator (``generator(rgb, path) -> labels``)
+            instead of the configured one (the setting ``mask_generator``, :mod:`cass.masks`).
+        mask_cache_dir: disk cache of generated masks (keyed by the image and
+            the generator's settings); None the default (``$CASS_CACHE_DIR/masks``),
+            False none. Mask files are never cached.
         **settings: the method's settings, keys of :class:`~cass.config.CASSConfig`
             (``method='sclip'``, ``global_semantics_weight=0.3``, ``slide_crop=0``,
             ``precision='fp16'``, ``sam_precision='fp32'``, ...).
@@ -100,4 +111,28 @@ def build_model(clip_path: str = "ViT-B/16", vfm: str = "dino_vitb8", vfm_path: 
         if sam is None:
             kind = config.sam.sam_model_type
             sam = load_sam(kind, sam_path, build_sam(kind, **sam_overrides) if sam_overrides else None)
-    return CASSModel(clip, vfm_module, vocabulary, config, VFM_SPECS[vfm], text_cache_dir, sam)
+    masks = mask_generator_model
+    if need.masks and masks is None and config.regions.mask_generator is not None:
+        masks = configured_mask_generator(config.regions, mask_path, mask_cache_dir)
+    return CASSModel(clip, vfm_module, vocabulary, config, VFM_SPECS[vfm], text_cache_dir, sam, masks)
+
+
+def configured_mask_generator(regions: RegionConfig, mask_path: str | None = None,
+                              cache_dir: str | bool | None = None) -> Callable:
+    """The mask generator a configuration names (:class:`~cass.config.RegionConfig`), its masks cached on disk
+    (``cache_dir``: None the default, False none; mask files are read, not cached)."""
+    from .masks import CachedMasks, build_mask_generator  # SAM2 and transformers load only when built
+
+    name = regions.mask_generator
+    if name == "files":
+        if regions.mask_dir is None:
+            raise ConfigError("mask_generator='files' reads each image's masks from mask_dir: set mask_dir")
+        return build_mask_generator(name, folder=regions.mask_dir)
+    if name == "sam2":
+        generator = build_mask_generator(name, model=regions.mask_model, checkpoint=mask_path,
+                                         points_per_side=regions.points_per_side,
+                                         pred_iou_thresh=regions.pred_iou_thresh,
+                                         stability_score_thresh=regions.stability_score_thresh)
+    else:
+        generator = build_mask_generator(name)
+    return generator if cache_dir is False else CachedMasks(generator, cache_dir)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PRECISIONS
-from .family import PROTOCOL_NAMES
+from .benchmarks import PROTOCOL_NAMES
 
 # Former spellings of the weights flags (old name -> new name) in eval.py, demo.py and app.py.
 OLD_WEIGHTS_FLAGS: dict[str, str] = {"--dino-path": "--vfm-path"}
@@ -56,8 +56,8 @@ def add_deprecated_aliases(parser: argparse.ArgumentParser, old_names: Mapping[s
 
 def add_weights_arguments(parser: argparse.ArgumentParser, random_default: bool = False,
                           old_names: Mapping[str, str] = OLD_WEIGHTS_FLAGS) -> None:
-    """``--clip-path``, ``--vfm-path`` and ``--sam-path`` (``args.clip_path``, ``args.vfm_path``,
-    ``args.sam_path``; None without the flag), and ``old_names`` as their deprecated aliases.
+    """``--clip-path``, ``--vfm-path``, ``--sam-path`` and ``--mask-path`` (``args.clip_path``, ...,
+    ``args.mask_path``; None without the flag), and ``old_names`` as their deprecated aliases.
 
     Args:
         parser: the program's parser.
@@ -79,12 +79,15 @@ def add_weights_arguments(parser: argparse.ArgumentParser, random_default: bool 
     parser.add_argument("--sam-path", default=None,
                         help="local SAM weights of the config's sam_model_type, read where the method uses SAM "
                              f"(Trident: sam_vit_b_01ec64.pth); {default}")
+    parser.add_argument("--mask-path", default=None,
+                        help="local weights of the config's mask generator, read where the method uses region "
+                             f"masks made by SAM2 (CorrCLIP: sam2_hiera_large.pt); {default}")
     add_deprecated_aliases(parser, old_names)
 
 
 def add_protocol_argument(parser: argparse.ArgumentParser, default: str = "cass") -> None:
     """``--protocol {published,cass}`` (``args.protocol``): whose settings a method other than CASS runs
-    with on a benchmark config (:func:`cass.api.protocol_cfg_options`, :func:`cass.family.protocol_options`).
+    with on a benchmark config (:func:`cass.api.protocol_cfg_options`, :func:`cass.protocols.protocol_options`).
 
     Args:
         parser: the program's parser.
@@ -94,7 +97,7 @@ def add_protocol_argument(parser: argparse.ArgumentParser, default: str = "cass"
     parser.add_argument("--protocol", choices=PROTOCOL_NAMES, default=default,
                         help="'published': the method's (model.method) published settings for the config's "
                              "benchmark -- windows, stride, test resize, thresholds, class-name file "
-                             "(cass/family.py) -- under --cfg-options, which win; 'cass': the config's "
+                             "(cass/methods/) -- under --cfg-options, which win; 'cass': the config's "
                              f"settings, whatever the method; the same for CASS (default: {default})")
 
 

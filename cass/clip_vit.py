@@ -4,8 +4,8 @@ Works on an open_clip ``CLIP`` model built from OpenAI weights (see
 :mod:`cass.weights`); nothing of CLIP is re-implemented, the functions only
 run its modules in the order CASS needs:
 
-* :func:`clip_trunk` -- patch embedding, positional embedding (resized the way
-  the reference does), ``ln_pre`` and every block but the last;
+* :func:`clip_trunk` -- :func:`embed` (patch embedding, positional embedding
+  resized the way the reference does, ``ln_pre``) and every block but the last;
 * :func:`global_embedding` -- the unmodified last block, CLS, ``ln_post``,
   ``proj`` (the image embedding ``v`` of the object-presence prior);
 * :func:`last_block_keys_values` and :func:`reduced_block_output` -- the
@@ -65,6 +65,18 @@ def clip_trunk(visual: nn.Module, images: Tensor) -> tuple[Tensor, tuple[int, in
     Returns:
         (B, 1 + h*w, D) tokens entering the last block, and the grid (h, w).
     """
+    x, grid = embed(visual, images)
+    for block in visual.transformer.resblocks[:-1]:
+        x = block(x)
+    return x, grid
+
+
+def embed(visual: nn.Module, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """The tokens entering CLIP's first block: patch embedding, CLS, positions (:func:`resize_pos_embed`), ``ln_pre``.
+
+    Returns:
+        (B, 1 + h*w, D) tokens and the grid (h, w).
+    """
     dtype = visual.conv1.weight.dtype
     x = visual.conv1(images.to(dtype))  # (B, D, h, w)
     grid = (x.shape[-2], x.shape[-1])
@@ -72,10 +84,7 @@ def clip_trunk(visual: nn.Module, images: Tensor) -> tuple[Tensor, tuple[int, in
     cls = visual.class_embedding.to(dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1)
     x = x + resize_pos_embed(visual.positional_embedding, grid).to(dtype)
-    x = visual.ln_pre(x)
-    for block in visual.transformer.resblocks[:-1]:
-        x = block(x)
-    return x, grid
+    return visual.ln_pre(x), grid
 
 
 def global_embedding(visual: nn.Module, tokens: Tensor) -> Tensor:

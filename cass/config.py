@@ -10,12 +10,13 @@ keys are the only renamed ones (``precision`` -> ``precision.clip``,
 
 Defaults reproduce the released code (``docs/method.md``); the per-benchmark
 values live in ``configs/cfg_<benchmark>.py``. :class:`MethodConfig` picks a
-method of the family registered in :mod:`cass.family` (any name of
-:data:`cass.family.METHODS`, ``method='sclip'``, ``method='trident'``, ...;
-``docs/methods.md``); its default is CASS. What a configuration needs of its
-towers is :func:`cass.family.requirements` (checked on the modules by
-:func:`cass.tower_checks.check_towers`). This module imports the registry;
-the registry imports nothing from :mod:`cass`.
+method of the family registered in :mod:`cass.methods` (any name of
+:data:`cass.methods.METHODS`, ``method='sclip'``, ``method='trident'``, ...;
+``docs/methods.md``); its default is CASS. A method's own settings are its
+entry's dataclass (:attr:`CASSConfig.settings`). What a configuration needs
+of its towers is :func:`cass.methods.requirements` (checked on the modules by
+:func:`cass.tower_checks.check_towers`). The registry is imported on first
+use (it imports torch), so that :mod:`cass.cli` reads this module without it.
 """
 from __future__ import annotations
 
@@ -24,20 +25,28 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .backbones import SAM_SPECS
-from .family import METHODS, get_method
+from .errors import ConfigError, check as _check
+
+__all__ = ["CASSConfig", "ConfigError", "MethodConfig", "OutputConfig", "PrecisionConfig", "RegionConfig", "SAMConfig",
+           "SpectralConfig", "TextConfig", "WindowConfig"]
 
 STRATEGIES = ("spectral", "sequential", "vanilla")
 DINO_INPUTS = ("reference", "plain")
 PRECISIONS = ("auto", "fp32", "tf32", "fp16", "bf16")
 
 
-class ConfigError(ValueError):
-    """A model setting is unknown or has an invalid value."""
+def _entry(name: str):
+    """The method's registered entry (the registry imports torch: imported on first use, so that
+    :mod:`cass.cli` reads this module without it)."""
+    from .methods.registry import get_method
+
+    return get_method(name)
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
+def _method_names() -> tuple[str, ...]:
+    from .methods.registry import method_names
+
+    return method_names()
 
 
 @dataclass(frozen=True)
@@ -230,10 +239,10 @@ class MethodConfig:
     Everything else (trunk, sliding windows, text embeddings, post-processing,
     PAMR) is the same code for every method; the CASS-specific settings
     (``attn_strategy``, ``low_rank``, ...) only act on ``method='cass'``.
-    The published defaults come from the method's entry in :mod:`cass.family`.
+    The published defaults come from the method's entry (:mod:`cass.methods`).
 
     Attributes:
-        name: the config key ``method``: a name of :data:`cass.family.METHODS`,
+        name: the config key ``method``: a name of :data:`cass.methods.METHODS`,
             the registry (the family's: ``'cass'``, ``'clip'``, ``'maskclip'``,
             ``'sclip'``, ``'clearclip'``, ``'naclip'``, ``'proxyclip'``,
             ``'trident'``; an unknown name is refused with the registered
@@ -247,41 +256,36 @@ class MethodConfig:
             ``mean_vector_weight``, ``h_threshold``); None: as published (the
             entry's ``refines_text``: CASS only; the baselines use the plain
             template-averaged text embeddings).
-        proxy_beta: ProxyCLIP's (and Trident's) beta: similarities below ``beta``
-            times their mean are masked out (published: 1.2).
-        proxy_gamma: ProxyCLIP's (and Trident's) gamma, the temperature of its
-            attention (published: 3.0).
+
+    A method's own settings (ProxyCLIP's ``proxy_beta``, ...) are its entry's
+    ``settings`` dataclass, held by :attr:`CASSConfig.settings`.
     """
 
     name: str = "cass"
     residual: bool | None = None
     refine_text: bool | None = None
-    proxy_beta: float = 1.2
-    proxy_gamma: float = 3.0
 
     def __post_init__(self) -> None:
-        _check(self.name in METHODS, f"method must be one of {tuple(METHODS)}, got {self.name!r}")
+        _check(self.name in _method_names(), f"method must be one of {_method_names()}, got {self.name!r}")
         _check(self.residual in (None, True, False), f"residual must be True, False or None, got {self.residual!r}")
         _check(self.refine_text in (None, True, False),
                f"refine_text must be True, False or None, got {self.refine_text!r}")
-        _check(not (self.residual and get_method(self.name).residual is None),
+        _check(not (self.residual and _entry(self.name).residual is None),
                f"method {self.name!r} has no residual variant (residual=True)")
-        _check(not (self.refine_text and get_method(self.name).merge == "features"),
-               f"method {self.name!r} merges crop features, which CASS's text refinement (per crop) cannot "
-               "refine (refine_text=True)")
-        _check(self.proxy_beta >= 0, f"proxy_beta must be >= 0, got {self.proxy_beta}")
-        _check(self.proxy_gamma > 0, f"proxy_gamma must be > 0, got {self.proxy_gamma}")
+        _check(not (self.refine_text and _entry(self.name).merge != "logits"),
+               f"method {self.name!r} merges its crops with {_entry(self.name).merge!r}, which CASS's text "
+               "refinement (per crop) cannot refine (refine_text=True)")
 
     @property
     def keeps_residual(self) -> bool:
         """Whether the last block keeps its residual and feed-forward network."""
-        published = bool(get_method(self.name).residual)
+        published = bool(_entry(self.name).residual)
         return published if self.residual is None else self.residual
 
     @property
     def refines_text(self) -> bool:
         """Whether CASS's object-presence text refinement is applied."""
-        return get_method(self.name).refines_text if self.refine_text is None else self.refine_text
+        return _entry(self.name).refines_text if self.refine_text is None else self.refine_text
 
 
 SAM_MODELS = tuple(SAM_SPECS)  # vit_b, vit_l, vit_h
@@ -343,6 +347,47 @@ class SAMConfig:
                f"is accepted), got {self.sam_iou_thresh}")
 
 
+@dataclass(frozen=True)
+class RegionConfig:
+    """Region masks: a class-agnostic mask generator's regions (:mod:`cass.masks`), and the vote.
+
+    CorrCLIP's pass needs them; voting each region to its majority class
+    (:func:`cass.regions.vote_regions`) is an option of every method.
+
+    Attributes:
+        region_vote: each region (every mask label but the smallest, read as
+            "unsegmented") takes its most frequent class after post-processing;
+            None: as published (the method entry's ``region_vote``: CorrCLIP).
+        mask_generator: the generator that makes the masks when none are given
+            (a name of :data:`cass.masks.MASK_GENERATORS`: ``'sam2'``,
+            ``'files'``, ...); None: masks must be given with each image.
+        mask_dir: the folder of mask files (``<image stem>.npz`` as released,
+            ``.png`` or ``.npy``) for ``mask_generator='files'`` (the release's
+            ``instance_mask_path``).
+        mask_model: SAM2's model for ``'sam2'`` (``'sam2_hiera_large'`` as released).
+        points_per_side: SAM2's point grid (the release: 8; its best row: 32).
+        pred_iou_thresh: SAM2's predicted-IoU threshold (0.4).
+        stability_score_thresh: SAM2's stability threshold (0.4).
+    """
+
+    region_vote: bool | None = None
+    mask_generator: str | None = None
+    mask_dir: str | None = None
+    mask_model: str = "sam2_hiera_large"
+    points_per_side: int = 8
+    pred_iou_thresh: float = 0.4
+    stability_score_thresh: float = 0.4
+
+    def __post_init__(self) -> None:
+        _check(self.region_vote in (None, True, False), f"region_vote must be True, False or None, got {self.region_vote!r}")
+        _check(self.mask_generator is None or isinstance(self.mask_generator, str),
+               f"mask_generator must be a name or None, got {self.mask_generator!r}")
+        _check(self.points_per_side >= 1, f"points_per_side must be >= 1, got {self.points_per_side}")
+        _check(0 <= self.pred_iou_thresh <= 1, f"pred_iou_thresh must lie in [0, 1], got {self.pred_iou_thresh}")
+        _check(0 <= self.stability_score_thresh <= 1,
+               f"stability_score_thresh must lie in [0, 1], got {self.stability_score_thresh}")
+
+
 # config keys whose dataclass field has another name
 _RENAMED = {"precision": ("precision", "clip"), "vfm_precision": ("precision", "vfm"),
             "sam_precision": ("precision", "sam"), "method": ("method", "name")}
@@ -350,7 +395,15 @@ _RENAMED = {"precision": ("precision", "clip"), "vfm_precision": ("precision", "
 
 @dataclass(frozen=True)
 class CASSConfig:
-    """Everything the CASS model computes with, one dataclass per part."""
+    """Everything the model computes with, one dataclass per part.
+
+    ``settings`` is the method's own settings (its entry's ``settings``
+    dataclass, :class:`cass.methods.Method`; None for a method without any),
+    made with the published defaults when not given and when the method
+    changes to one with other settings. Their fields are config keys like
+    every other setting (``replace(proxy_beta=1.0)``); a key of another
+    method's settings is refused.
+    """
 
     spectral: SpectralConfig = field(default_factory=SpectralConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -359,26 +412,48 @@ class CASSConfig:
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     sam: SAMConfig = field(default_factory=SAMConfig)
+    regions: RegionConfig = field(default_factory=RegionConfig)
+    settings: Any = None
+
+    def __post_init__(self) -> None:
+        # the method's own settings: its entry's dataclass (defaults where not given), None if it has none
+        own = _entry(self.method.name).settings
+        if own is None or not isinstance(self.settings, own):
+            object.__setattr__(self, "settings", None if own is None else own())
 
     @property
     def sam_aggregates(self) -> bool:
         """Whether SAM's correlation aggregates the image (the setting, else the method's published default)."""
-        published = get_method(self.method.name).sam_aggregation
+        published = _entry(self.method.name).sam_aggregation
         return published if self.sam.sam_aggregation is None else self.sam.sam_aggregation
+
+    @property
+    def region_votes(self) -> bool:
+        """Whether each region of the masks is voted to its majority class (the setting, else the method's default)."""
+        published = _entry(self.method.name).region_vote
+        return published if self.regions.region_vote is None else self.regions.region_vote
 
     @property
     def sam_refines(self) -> bool:
         """Whether SAM refines the prediction (the setting, else the method's published default)."""
-        published = get_method(self.method.name).sam_refinement
+        published = _entry(self.method.name).sam_refinement
         return published if self.sam.sam_refinement is None else self.sam.sam_refinement
 
     @classmethod
     def key_table(cls) -> dict[str, tuple[str, str]]:
         """Config key -> (part, field) for every setting."""
+        from .methods.registry import METHODS
+
         table = {}
         for part in fields(cls):
-            for f in fields(part.default_factory()):
-                table[f.name] = (part.name, f.name)
+            if part.name != "settings":
+                for f in fields(part.default_factory()):
+                    table[f.name] = (part.name, f.name)
+        for entry in METHODS.values():
+            for name in entry.setting_names():
+                if table.get(name, ("settings",))[0] != "settings":
+                    raise ValueError(f"method {entry.name!r}: its setting {name!r} is already a model setting")
+                table[name] = ("settings", name)
         for key, target in _RENAMED.items():
             table.pop(target[1], None)
             table[key] = target
@@ -402,11 +477,27 @@ class CASSConfig:
         for key, value in keys.items():
             part, name = table[key]
             parts.setdefault(part, {})[name] = value
+        own = parts.pop("settings", {})
         try:
-            return replace(self, **{part: replace(getattr(self, part), **changes) for part, changes in parts.items()})
+            config = replace(self, **{part: replace(getattr(self, part), **changes) for part, changes in parts.items()})
+            if own:
+                entry = _entry(config.method.name)
+                foreign = sorted(set(own) - set(entry.setting_names()))
+                if foreign:
+                    from .methods.registry import METHODS
+
+                    owners = [m.name for m in METHODS.values() if foreign[0] in m.setting_names()]
+                    raise ConfigError(f"{foreign[0]!r} is a setting of method {' and '.join(owners)}, "
+                                      f"not of method {entry.name!r}")
+                config = replace(config, settings=replace(config.settings, **own))
+            return config
         except TypeError as err:  # e.g. a list where a number belongs
             raise ConfigError(f"invalid model setting: {err}") from None
 
     def to_keys(self) -> dict[str, Any]:
         """The flat config keys of this configuration (inverse of :meth:`from_keys`)."""
-        return {key: getattr(getattr(self, part), name) for key, (part, name) in self.key_table().items()}
+        keys = {key: getattr(getattr(self, part), name) for key, (part, name) in self.key_table().items()
+                if part != "settings"}
+        if self.settings is not None:
+            keys.update({f.name: getattr(self.settings, f.name) for f in fields(self.settings)})
+        return keys

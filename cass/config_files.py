@@ -71,7 +71,7 @@ def resize_scale(cfg: Config) -> tuple[int, int]:
 
     The pipeline ``eval.py`` runs: the test dataloader's (where a method's
     published protocol and ``--cfg-options`` set the resize,
-    :data:`cass.family.RESIZE_KEY`), else the config's ``test_pipeline``.
+    :data:`cass.benchmarks.RESIZE_KEY`), else the config's ``test_pipeline``.
     Only the steps :mod:`cass.api` computes itself are accepted (an image
     loader, one keep-ratio resize, annotation loading, packing); anything else
     is an error rather than a silent difference from ``eval.py``.

@@ -1,9 +1,11 @@
-"""How a method's crops become one image: a method entry's ``merge`` (:data:`cass.family.MERGES`).
+"""How a method's crops become one image: a method entry's ``merge`` (:class:`cass.methods.Method`).
 
 A merge step has two halves, so that SAM's correlation (an option of every
 method, :class:`cass.sam_guide.SAMGuide`) can mix what lies between them:
 
-* ``maps(model, images)``: per image, (C, h, w) maps from its crops;
+* ``maps(model, images, regions)``: per image, (C, h, w) maps from its crops
+  (``regions``: each image's (H, W) region labels at its input size, where the
+  configuration uses region masks, else None);
 * ``logits(model, maps)``: (Q, h, w) query logits of those maps.
 
 :class:`AverageLogits` (``merge="logits"``, CASS and the baselines): the
@@ -25,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import clip_vit, trident
+from . import clip_vit, windows
 from .config import CASSConfig, ConfigError
 from .stages import stage
-from .trident import slide_windows
+from .windows import slide_windows
 
 
 class MergeStep(Protocol):
-    def maps(self, model, images: Sequence[Tensor]) -> list[Tensor]: ...
+    def maps(self, model, images: Sequence[Tensor], regions: Sequence[Tensor] | None = None) -> list[Tensor]: ...
 
     def logits(self, model, maps: Tensor) -> Tensor: ...
 
@@ -57,8 +59,8 @@ class AverageLogits:
     """
 
     @torch.no_grad()
-    def maps(self, model, images: Sequence[Tensor]) -> list[Tensor]:
-        """(3, H_i, W_i) CLIP-normalised resized images -> (Q, H_i, W_i) float32 query logits."""
+    def maps(self, model, images: Sequence[Tensor], regions: Sequence[Tensor] | None = None) -> list[Tensor]:
+        """(3, H_i, W_i) CLIP-normalised resized images -> (Q, H_i, W_i) float32 query logits (regions unused)."""
         window = model.config.window
         boxes = [image_boxes(*img.shape[-2:], model.config) for img in images]
         embeddings: list[Tensor | None] = [None] * len(images)
@@ -97,7 +99,7 @@ class AverageLogits:
 class SpliceFeatures:
     """Trident's merge: the windows' features spliced into one grid, then CLIP's head."""
 
-    def maps(self, model, images: Sequence[Tensor]) -> list[Tensor]:
+    def maps(self, model, images: Sequence[Tensor], regions: Sequence[Tensor] | None = None) -> list[Tensor]:
         return [splice_features(model, img) for img in images]
 
     def logits(self, model, maps: Tensor) -> Tensor:
@@ -109,12 +111,12 @@ def splice_features(model, image: Tensor) -> Tensor:
     """One image's window features spliced into one grid (``merge='features'``).
 
     The image is resized as Trident's ``preprocess_image``
-    (:func:`cass.trident.preprocess_size`: sides to multiples of CLIP's
+    (:func:`cass.windows.preprocess_size`: sides to multiples of CLIP's
     patch, at least ``slide_crop``), cut into its windows
-    (:func:`cass.trident.sliding_windows`; one window with
+    (:func:`cass.windows.sliding_windows`; one window with
     ``slide_crop=0``), all of which go through CLIP's trunk and the
     method's last block together; their features are spliced, overlaps
-    averaged (:func:`cass.trident.splice_crops`).
+    averaged (:func:`cass.windows.splice_crops`).
 
     Args:
         model: the :class:`~cass.model.CASSModel`.
@@ -126,22 +128,22 @@ def splice_features(model, image: Tensor) -> Tensor:
     patch, window = model.patch_size, model.config.window
     crop = 0 if window.whole_image else window.slide_crop
     with stage("post"):
-        size = trident.preprocess_size(*image.shape[-2:], patch, crop)
+        size = windows.preprocess_size(*image.shape[-2:], patch, crop)
         if size != tuple(image.shape[-2:]):
             image = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
         if window.whole_image:
-            windows = torch.tensor([[0, 0, size[0] // patch, size[1] // patch]])
+            boxes = torch.tensor([[0, 0, size[0] // patch, size[1] // patch]])
         else:
-            windows, _ = trident.sliding_windows(*size, crop, window.slide_stride, patch)
+            boxes, _ = windows.sliding_windows(*size, crop, window.slide_stride, patch)
         crops = torch.stack([image[:, y1 * patch:y2 * patch, x1 * patch:x2 * patch]
-                             for y1, x1, y2, x2 in windows.tolist()])
+                             for y1, x1, y2, x2 in boxes.tolist()])
     with stage("clip"), model.tf32("clip"):
         tokens = [clip_vit.clip_trunk(model.clip.visual, chunk) for chunk in crops.split(window.crop_batch_size)]
         grid = tokens[0][1]
         tokens = torch.cat([t for t, _ in tokens])
     feats, ratio = model.patch_features(crops, tokens, grid)
     with stage("post"):
-        return trident.splice_crops(feats[None], windows, (size[0] // patch, size[1] // patch), ratio)[0]
+        return windows.splice_crops(feats[None], boxes, (size[0] // patch, size[1] // patch), ratio)[0]
 
 
 @torch.no_grad()

@@ -2,19 +2,20 @@
 
 :class:`CASSModel` is a plain ``nn.Module`` that needs torch, torchvision,
 open_clip, timm, scipy and scikit-learn only; mmseg sees it through the
-adapter in :mod:`cass.mmseg`. It orchestrates crops, batching, devices and
-post-processing (spec sections 0-6); the math lives in :mod:`cass.clip_vit`,
-:mod:`cass.last_blocks`, :mod:`cass.spectral`, :mod:`cass.text` and
-:mod:`cass.pamr`. Each part runs inside a named :func:`cass.stages.stage`.
-The last block is the configured method's (an entry of :mod:`cass.family`,
-its code in :mod:`cass.last_blocks`); everything else is shared, and nothing
-here names a method.
+adapter in :mod:`cass.mmseg`. It is the pipeline around the configured
+method (spec sections 0-6): input -> windows -> the method's pass (its module
+in :mod:`cass.methods`) -> its merge step (:mod:`cass.merges`) -> shared
+post-processing (SAM's aggregation and refinement, :mod:`cass.sam_guide`;
+PAMR, thresholds) -> labels. The math lives in :mod:`cass.clip_vit`,
+:mod:`cass.methods`, :mod:`cass.spectral`, :mod:`cass.text` and
+:mod:`cass.pamr`. Each part runs inside a named :func:`cass.stages.stage`;
+nothing here names a method.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -23,14 +24,16 @@ import torch.nn.functional as F
 from open_clip.model import convert_weights_to_lp
 from torch import Tensor, nn
 
-from . import clip_vit, methods, text
+from . import clip_vit, text
 from .backbones import VFM_SPECS, VFMSpec
 from .config import CASSConfig, ConfigError
-from .family import get_method, requirements
+from .methods import get_method, requirements
 from .images import rgb_uint8
 from .merges import get_merge_step
+from .methods.common import drop_small_classes
 from .method_context import MethodContext
 from .pamr import pamr_within_memory
+from .regions import labels_on_grid, vote_regions
 from .precision import DTYPE_PRECISIONS, DTYPES, tf32_matmuls
 from .stages import stage
 from .text import Vocabulary
@@ -76,7 +79,7 @@ class CASSModel(nn.Module):
     Args:
         clip: open_clip ``CLIP`` in OpenAI's layout (CLS pooling, EOT text pooling).
         vfm: timm ``VisionTransformer`` of ``vfm_spec``; None only where the
-            configuration does not use it (:func:`cass.family.requirements`:
+            configuration does not use it (:func:`cass.methods.requirements`:
             the CLIP-only baselines, CASS's ``'vanilla'`` strategy); given
             where it is not used, it is dropped.
         vocabulary: the classes (see :class:`~cass.text.Vocabulary`).
@@ -88,11 +91,16 @@ class CASSModel(nn.Module):
             (``sam_aggregation``, ``sam_refinement``: Trident's default, an
             option of every method); its image encoder is cast to
             :meth:`sam_precision` (:meth:`cass.sam_guide.SAMGuide.set_precision`).
+        mask_generator: where the configuration uses region masks (CorrCLIP's
+            pass, ``region_vote``), what makes them when :meth:`forward` is not
+            given them: ``generator(rgb, path) -> (H, W)`` integer labels
+            (:mod:`cass.masks`).
     """
 
     def __init__(self, clip: nn.Module, vfm: nn.Module | None, vocabulary: Vocabulary,
                  config: CASSConfig | None = None, vfm_spec: VFMSpec = VFM_SPECS["dino_vitb8"],
-                 text_cache_dir: str | bool | None = None, sam: nn.Module | None = None) -> None:
+                 text_cache_dir: str | bool | None = None, sam: nn.Module | None = None,
+                 mask_generator: Callable | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else CASSConfig()
         self.vfm_spec = vfm_spec
@@ -113,6 +121,8 @@ class CASSModel(nn.Module):
             from .sam_guide import SAMGuide  # segment-anything is needed only here
 
             self.sam_guide = SAMGuide(sam, self.config.sam)
+        self.uses_masks = need.masks
+        self.mask_generator = mask_generator if need.masks else None
         self._last_block = self.method.block()
         self._text: tuple[Tensor, Tensor, int] | None = None
         self.set_vocabulary(vocabulary)
@@ -130,6 +140,11 @@ class CASSModel(nn.Module):
         self._config = config
         if getattr(self, "sam_guide", None) is not None:
             self.sam_guide.config = config.sam
+
+    @property
+    def sees_originals(self) -> bool:
+        """Whether SAM or a mask generator looks at each original image (:meth:`forward`'s ``sam_images``)."""
+        return self.sam_guide is not None or self.mask_generator is not None
 
     @property
     def device(self) -> torch.device:
@@ -277,7 +292,7 @@ class CASSModel(nn.Module):
             return clip_vit.global_embedding(self.clip.visual, tokens)
 
     def patch_features(self, crops: Tensor, tokens: Tensor, grid: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
-        """The method's last block (its entry's ``last_block``, :mod:`cass.last_blocks`).
+        """The method's last block (its entry's ``last_block``, :mod:`cass.methods`).
 
         Args:
             crops: (B, 3, Hc, Wc) the crops (the VFM's input).
@@ -292,7 +307,7 @@ class CASSModel(nn.Module):
     def method_context(self) -> MethodContext:
         """What the method's pass may use (:class:`~cass.method_context.MethodContext`): the towers,
         the settings and the precision contexts as they are now."""
-        return MethodContext(self.clip, self.vfm, self.vfm_spec, self.config, self.tf32)
+        return MethodContext(self.clip, self.vfm, self.vfm_spec, self.config, self.config.settings, self.tf32)
 
     @torch.no_grad()
     def crop_logits(self, crops: Tensor, image_embeddings: Tensor | None) -> Tensor:
@@ -327,19 +342,20 @@ class CASSModel(nn.Module):
             return F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)
 
     @torch.no_grad()
-    def query_logits(self, images: Sequence[Tensor]) -> list[Tensor]:
+    def query_logits(self, images: Sequence[Tensor], regions: Sequence[Tensor] | None = None) -> list[Tensor]:
         """Query logits of each image, its crops merged as the method's entry says
         (:data:`cass.merges.MERGE_STEPS`), without SAM's aggregation (see :meth:`forward`).
 
         Args:
             images: (3, H_i, W_i) CLIP-normalised resized images.
+            regions: each image's (H_i, W_i) integer region labels, for a method whose pass uses them.
 
         Returns:
             (Q, h_i, w_i) float32 logits per image: at the image's size (``merge='logits'``),
             or on the grid its crops were spliced into (``merge='features'``).
         """
         self._check_inputs(images)
-        return [self.merge_step.logits(self, maps) for maps in self.merge_step.maps(self, images)]
+        return [self.merge_step.logits(self, maps) for maps in self.merge_step.maps(self, images, regions)]
 
     def _check_inputs(self, images: Sequence[Tensor]) -> None:
         for img in images:
@@ -382,14 +398,16 @@ class CASSModel(nn.Module):
                     torch.maximum(merged[c], probs[q], out=merged[c])
                 probs = merged
             if cfg.area_thd > 0:
-                probs = methods.drop_small_classes(probs, cfg.area_thd)
+                probs = drop_small_classes(probs, cfg.area_thd)
             top, labels = probs.max(0)
             labels = torch.where(top < cfg.prob_thd, 0, labels)  # no boolean indexing: it waits for the GPU
             return Prediction(probs, labels)
 
     @torch.no_grad()
     def forward(self, images: Tensor | Sequence[Tensor], out_sizes: Sequence[tuple[int, int]] | None = None,
-                sam_images: Sequence[np.ndarray] | None = None) -> list[Prediction]:
+                sam_images: Sequence[np.ndarray] | None = None,
+                region_masks: Sequence[np.ndarray | Tensor] | None = None,
+                paths: Sequence[str | None] | None = None) -> list[Prediction]:
         """Segment a batch of images.
 
         Args:
@@ -397,15 +415,22 @@ class CASSModel(nn.Module):
                 images, already resized (see :mod:`cass.images`).
             out_sizes: output size of each image (its original size);
                 default: the input size.
-            sam_images: where SAM is used, each original image as SAM sees it
-                in the released Trident, (H_i, W_i, 3) uint8 RGB at its output
-                size; None: the model input resized back to the output size
-                (an approximation of the original).
+            sam_images: where SAM or a mask generator is used, each original
+                image as they see it (in the released Trident and CorrCLIP),
+                (H_i, W_i, 3) uint8 RGB at its output size; None: the model
+                input resized back to the output size (an approximation of the
+                original).
+            region_masks: where region masks are used, each image's (H_i, W_i)
+                integer labels at its output size (the smallest label reads
+                "unsegmented"); None: the mask generator makes them.
+            paths: each image's file (a mask generator reading mask files
+                finds them by the image's name).
 
         Returns:
             one :class:`Prediction` per image. With SAM refinement its
             ``probs`` are the refinement's scores, as released
-            (:meth:`cass.sam_guide.SAMGuide.refine`).
+            (:meth:`cass.sam_guide.SAMGuide.refine`); with ``region_vote`` its
+            labels are voted, its ``probs`` are not (as released).
         """
         images = list(images)
         if out_sizes is None:
@@ -413,27 +438,58 @@ class CASSModel(nn.Module):
         if len(out_sizes) != len(images):
             raise ValueError(f"{len(images)} images but {len(out_sizes)} output sizes")
         images = [img.to(self.device) for img in images]
-        if self.sam_guide is None:
-            return [self.postprocess(logits, img, tuple(size))
-                    for img, size, logits in zip(images, out_sizes, self.query_logits(images))]
-        if sam_images is None:
-            sam_images = [rgb_uint8(img, tuple(size)) for img, size in zip(images, out_sizes)]
-        if len(sam_images) != len(images):
-            raise ValueError(f"{len(images)} images but {len(sam_images)} SAM images")
-        for rgb, size in zip(sam_images, out_sizes):
-            if tuple(rgb.shape[:2]) != tuple(size):
-                raise ValueError(f"SAM image of {tuple(rgb.shape[:2])} px for an output of {tuple(size)} px: "
-                                 "pass each original image at its output size")
         self._check_inputs(images)
+        if (self.sam_guide is not None or (self.uses_masks and region_masks is None)) and sam_images is None:
+            sam_images = [rgb_uint8(img, tuple(size)) for img, size in zip(images, out_sizes)]
+        if sam_images is not None:
+            self._check_originals(sam_images, out_sizes)
+        masks = self._region_masks(region_masks, sam_images, out_sizes, paths) if self.uses_masks else None
+        inputs = None
+        if masks is not None and self.method.regions:  # the method's pass sees them at its input size
+            inputs = [labels_on_grid(m, tuple(img.shape[-2:])) for m, img in zip(masks, images)]
         predictions = []
-        for img, size, rgb, maps in zip(images, out_sizes, sam_images, self.merge_step.maps(self, images)):
-            view = self.sam_guide.set_image(rgb, self.patch_size, correlation=self.config.sam_aggregates)
-            if view is not None:  # SAM's correlation mixes what the merge step gives: logits or features
-                maps = self.sam_guide.aggregate(maps, view)
-            logits = self.merge_step.logits(self, maps)
-            prediction = self.postprocess(logits, img, tuple(size))
-            if self.config.sam_refines:
+        for i, (img, size, maps) in enumerate(zip(images, out_sizes, self.merge_step.maps(self, images, inputs))):
+            if self.sam_guide is not None:
+                view = self.sam_guide.set_image(sam_images[i], self.patch_size,
+                                                correlation=self.config.sam_aggregates)
+                if view is not None:  # SAM's correlation mixes what the merge step gives: logits or features
+                    maps = self.sam_guide.aggregate(maps, view)
+            prediction = self.postprocess(self.merge_step.logits(self, maps), img, tuple(size))
+            if self.sam_guide is not None and self.config.sam_refines:
                 prediction = Prediction(*self.sam_guide.refine(prediction.probs, prediction.labels))
+            if masks is not None and self.config.region_votes:
+                with stage("post"):
+                    prediction = Prediction(prediction.probs, vote_regions(prediction.labels, masks[i]))
             predictions.append(prediction)
         return predictions
 
+    @staticmethod
+    def _check_originals(originals: Sequence[np.ndarray], out_sizes: Sequence[tuple[int, int]]) -> None:
+        if len(originals) != len(out_sizes):
+            raise ValueError(f"{len(out_sizes)} images but {len(originals)} SAM images")
+        for rgb, size in zip(originals, out_sizes):
+            if tuple(rgb.shape[:2]) != tuple(size):
+                raise ValueError(f"SAM image of {tuple(rgb.shape[:2])} px for an output of {tuple(size)} px: "
+                                 "pass each original image at its output size")
+
+    def _region_masks(self, given: Sequence[np.ndarray | Tensor] | None, originals: Sequence[np.ndarray] | None,
+                      out_sizes: Sequence[tuple[int, int]], paths: Sequence[str | None] | None) -> list[Tensor]:
+        """Each image's (H, W) int64 region labels on the model's device: given, or made by the mask generator."""
+        if given is None:
+            if self.mask_generator is None:
+                raise ConfigError(f"method {self.method.name!r} with region_vote={self.config.region_votes} uses "
+                                  "region masks: give them (region_masks) or configure a mask generator "
+                                  "(mask_generator)")
+            paths = [None] * len(originals) if paths is None else list(paths)
+            with stage("masks"):
+                given = [self.mask_generator(rgb, path) for rgb, path in zip(originals, paths)]
+        if len(given) != len(out_sizes):
+            raise ValueError(f"{len(out_sizes)} images but {len(given)} region masks")
+        masks = []
+        for mask, size in zip(given, out_sizes):
+            mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+            if tuple(mask.shape) != tuple(size) or mask.is_floating_point() or mask.dtype == torch.bool:
+                raise ValueError(f"region mask of shape {tuple(mask.shape)} and type {mask.dtype} for an output of "
+                                 f"{tuple(size)} px: give (H, W) integer labels at each image's output size")
+            masks.append(mask.to(self.device, torch.int64))
+        return masks

@@ -11,6 +11,7 @@ alternating, at SAM's 1024-px input.
     python -m cass.random_weights DIR --tiny   # the tiny test models instead
     python -m cass.random_weights DIR --clip ViT-L/14 --vfm dinov2_vitl14 dinov3_vitl16
     python -m cass.random_weights DIR --tiny --sam vit_b   # also DIR/sam_vit_b_01ec64.pth
+    python -m cass.random_weights DIR --clip ViT-B-16-quickgelu/metaclip_fullcc   # DIR/b16_fullcc2.5b.pt
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ TINY_SAM = {kind: dict(embed_dim=32 * heads, depth=4, num_heads=heads, global_at
 
 
 def random_clip(tiny: bool = False, seed: int = 0, arch: str = "ViT-B/16") -> CLIP:
-    """open_clip CLIP (OpenAI layout, QuickGELU) of ``arch`` with random weights; float32, eval.
+    """open_clip CLIP (OpenAI layout, QuickGELU) of ``arch`` (a key of :data:`CLIP_SPECS`) with random
+    weights; float32, eval.
 
     ``tiny``: 2 layers of width 128 (2 heads) with the architecture's patch and
     image size; text tower width 64, 1 layer.
@@ -130,10 +132,19 @@ def write_sam(path: str | Path, kind: str = "vit_b", tiny: bool = False, seed: i
 
 
 def write_clip(path: str | Path, tiny: bool = False, seed: int = 0, arch: str = "ViT-B/16") -> Path:
-    """An OpenAI-format CLIP state dict, float16 like the released weights."""
-    state = {k: (v.half() if v.is_floating_point() else v)
-             for k, v in random_clip(tiny, seed, arch).state_dict().items()}
-    torch.save(state, path)
+    """``arch``'s release layout (:attr:`cass.backbones.CLIPSpec.release_format`) of :func:`random_clip`.
+
+    * ``'openai'``, ``'open_clip'``: a plain state dict in OpenAI's key
+      layout (OpenCLIP's shares it), float16 like OpenAI's released weights.
+    * ``'metaclip'``: Meta's checkpoint, ``{'state_dict': weights}``, the
+      float32 weights in OpenAI's key layout without a wrapper prefix (what
+      MetaCLIP's ``load_checkpoint`` and open_clip's ``load_state_dict`` read).
+    """
+    state = random_clip(tiny, seed, arch).state_dict()
+    if CLIP_SPECS[arch].release_format == "metaclip":
+        torch.save({"state_dict": state}, path)
+        return Path(path)
+    torch.save({k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}, path)
     return Path(path)
 
 
@@ -192,7 +203,7 @@ def write_dino(path: str | Path, tiny: bool = False, seed: int = 0, full: bool =
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cass.random_weights",
-                                     description="Write random CLIP, VFM and SAM weights in their release formats "
+                                     description="Write random CLIP, VFM, SAM and SAM2 weights in their release formats "
                                                  "and file names (for offline trials and benchmarks).")
     parser.add_argument("out_dir", type=Path,
                         help="folder for the files (e.g. ViT-B-16.pt, dino_vitbase8_pretrain.pth)")
@@ -202,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="VFMs (default dino_vitb8)")
     parser.add_argument("--sam", nargs="*", default=[], choices=sorted(SAM_SPECS),
                         help="SAM releases, for Trident (default none)")
+    parser.add_argument("--sam2", nargs="*", default=[],
+                        choices=("sam2_hiera_large", "sam2_hiera_base_plus", "sam2_hiera_small", "sam2_hiera_tiny"),
+                        help="SAM2 releases, CorrCLIP's mask generator (default none; needs the sam2 package)")
     parser.add_argument("--tiny", action="store_true", help="the test suite's tiny models")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -212,6 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(write_dino(args.out_dir / VFM_SPECS[vfm].release_file, args.tiny, args.seed, vfm=vfm))
     for kind in args.sam:
         print(write_sam(args.out_dir / SAM_SPECS[kind].release_file, kind, args.tiny, args.seed))
+    if args.sam2:
+        from .masks.random_sam2 import write_random_sam2  # sam2 is imported only here
+        from .masks.sam2_masks import SAM2_MODELS
+
+        for model in args.sam2:
+            print(write_random_sam2(args.out_dir / SAM2_MODELS[model].release_file, model, args.tiny, args.seed))
     return 0
 
 

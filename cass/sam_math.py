@@ -11,7 +11,7 @@ the family can use both (:class:`cass.sam_guide.SAMGuide`, ``docs/methods.md``):
   masks replace their regions, the others keep the coarse prediction.
 
 Each step is a pure function. Trident's own pipeline (window sizes, sliding
-windows, splicing crop features) is :mod:`cass.trident`. References, in the
+windows, splicing crop features) is :mod:`cass.windows`. References, in the
 released code (``YuHengsss/Trident``): ``trident.py`` (``Trident.get_trident_seg``,
 ``get_sam_feat``), ``open_clip/transformer.py`` (``VisionTransformer.guidance_attn``,
 ``get_sam_sim``), ``seg_utils/utils.py`` (``split_connected_regions``,
@@ -121,7 +121,7 @@ def aggregate(spliced: Tensor, weights: Tensor, sam_grid: tuple[int, int]) -> Te
     applies the same weights to each, which is the product on all channels.
 
     Args:
-        spliced: (B, C, H, W) (Trident: :func:`cass.trident.splice_crops`).
+        spliced: (B, C, H, W) (Trident: :func:`cass.windows.splice_crops`).
         weights: (B, N, N) from :func:`sam_correlation`, ``N = h w``.
         sam_grid: (h, w).
 

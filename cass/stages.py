@@ -26,6 +26,8 @@ STAGES = {
     "sam": "SAM image encoder",
     "aggregate": "SAM correlation and aggregation",
     "refine": "SAM refinement (prompts, masks)",
+    "masks": "region masks from the mask generator (SAM2, files)",
+    "regions": "region merging (DBSCAN) and region attention (CorrCLIP)",
 }
 
 

@@ -1,7 +1,7 @@
 """Table of reproduced vs published mIoU from ``eval.py``'s ``metrics.json`` files.
 
     python -m cass.summary work_dirs/ [--method sclip] [--clip ViT-H-14/laion2b_s32b_b79k] [--markdown work_dirs/summary.md] [--csv work_dirs/summary.csv]
-    python cass/summary.py work_dirs/   # the same without importing torch (standard library only)
+    python cass/summary.py work_dirs/   # the same, run as a script
 
 Reads ``<root>/*/metrics.json`` (one folder per benchmark, as ``eval_all.sh``
 writes them) and prints a Markdown table in the paper's column order: each
@@ -23,9 +23,10 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: the repository root holds the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cass.family import BENCHMARKS, METHODS, get_method  # noqa: E402  (standard library only)
+from cass.methods import METHODS, get_method  # noqa: E402
+from cass.benchmarks import BENCHMARKS  # noqa: E402
 
-# Published mIoU (CLIP ViT-B/16, no PAMR) and their source: each method's entry in cass/family.py.
+# Published mIoU (CLIP ViT-B/16, no PAMR) and their source: each method's entry (cass/methods/).
 COLUMNS = ("benchmark", "config", "mIoU", "paper", "diff")
 
 

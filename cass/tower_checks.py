@@ -1,14 +1,16 @@
 """Whether the towers given to a configuration are what it needs, as one-line errors.
 
-:func:`cass.family.requirements` says what a configuration needs (a VFM, heads
+:func:`cass.methods.requirements` says what a configuration needs (a VFM, heads
 paired with CLIP's, an absolute positional embedding); :func:`check_towers`
 looks at the modules themselves (their architecture is enough: no weights need
 to be read) and raises a :class:`~cass.config.ConfigError` naming what to
 change. The builder (:func:`cass.build.build_model`) asks before it reads any
 VFM weight, the model (:class:`cass.model.CASSModel`) when it is assembled.
 
-Standard library only at import (the error listing the working head pairings
-reads :func:`cass.weights.head_pairings` when it is raised).
+The method registry is imported when the towers are checked (it imports the
+methods, whose shared math imports :func:`check_absolute_positions` from here),
+and the error listing the working head pairings reads
+:func:`cass.weights.head_pairings` when it is raised.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ from typing import Any
 
 from .backbones import vfms_with_heads
 from .config import ConfigError
-from .family import requirements
 
 
 def check_absolute_positions(vfm: Any, what: str, called: str = "the VFM") -> None:
@@ -24,7 +25,7 @@ def check_absolute_positions(vfm: Any, what: str, called: str = "the VFM") -> No
 
     The methods whose entry says ``vfm_positions="absolute"`` (ProxyCLIP,
     Trident) resize the VFM's absolute positional embedding to each crop
-    (:func:`cass.methods.vfm_last_features`); a RoPE VFM (DINOv3) has none.
+    (:func:`cass.methods.common.vfm_last_features`); a RoPE VFM (DINOv3) has none.
 
     Args:
         vfm: timm ViT (DINO, DINOv2) or ``Eva`` (DINOv3).
@@ -45,6 +46,8 @@ def check_towers(config: Any, clip: Any, vfm: Any | None, vfm_name: str | None =
         vfm: timm ViT (its architecture is enough: no weights need to be read), or None.
         vfm_name: the VFM's name in :data:`cass.backbones.VFM_SPECS`, for the messages.
     """
+    from .methods.registry import requirements  # noqa: PLC0415 - see the module's docstring
+
     need = requirements(config)
     method = config.method.name
     what = f"method {method!r}" if method != "cass" else f"attn_strategy {config.spectral.attn_strategy!r}"

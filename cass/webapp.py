@@ -7,7 +7,7 @@ what a page serving many people needs around it, and imports no Gradio:
   ``demo.py``, the weights cache, or the public release downloaded once) and
   which file each of the others needs;
 * :func:`load_presets`: a method's settings for each benchmark -- its
-  published ones (``--protocol published``, :func:`cass.family.protocol_options`,
+  published ones (``--protocol published``, :func:`cass.protocols.protocol_options`,
   as ``eval.py`` and :class:`~cass.api.Segmenter` apply them) or the
   benchmark configs' (``cass``): test resize, windows, thresholds, class file;
 * :class:`~cass.model_cache.ModelCache` (its own module): one Segmenter per
@@ -41,7 +41,9 @@ from .api import Segmentation, Segmenter
 from .backbones import CLIP_SPECS, VFM_SPECS
 from .config import CASSConfig, ConfigError
 from .config_files import load_config, model_keys, resize_scale
-from .family import BENCHMARKS, CONFIGS_DIR, METHODS, PROTOCOL_NAMES, get_method, protocol_options, requirements
+from .methods import METHODS, get_method, requirements
+from .benchmarks import BENCHMARKS, CONFIGS_DIR, PROTOCOL_NAMES
+from .protocols import protocol_options
 from .model_cache import ModelCache, ModelKey, ModelSlot  # noqa: F401 - ModelSlot: still importable from here
 from .images import ImageError, read_image
 from .text import Vocabulary, VocabularyError, class_list
@@ -154,7 +156,7 @@ class Preset:
 def load_preset(config: str | Path, name: str | None = None, method: str = "cass", protocol: str = "cass",
                 cfg_options: dict[str, Any] | None = None) -> Preset:
     """The preset of a config for ``method``: under ``protocol='published'`` the config with the method's
-    published settings for its benchmark (:func:`cass.family.protocol_options`), then ``cfg_options``
+    published settings for its benchmark (:func:`cass.protocols.protocol_options`), then ``cfg_options``
     (the app's ``--cfg-options``, which win), as :class:`~cass.api.Segmenter` reads them. A config that
     is no benchmark's has no published settings: its own are used."""
     own = protocol if Path(config).stem in BENCHMARKS else "cass"
@@ -170,7 +172,7 @@ def load_preset(config: str | Path, name: str | None = None, method: str = "cass
 
 def load_presets(extra: str | Path | None = None, method: str = "cass", protocol: str = "cass",
                  cfg_options: dict[str, Any] | None = None) -> dict[str, Preset]:
-    """The eight benchmarks' presets (:data:`cass.family.BENCHMARKS`) for ``method``, and ``extra`` (a
+    """The eight benchmarks' presets (:data:`cass.benchmarks.BENCHMARKS`) for ``method``, and ``extra`` (a
     config) if it is another (:func:`load_preset`); the defaults give the benchmark configs' own settings."""
     presets = {title: load_preset(CONFIGS_DIR / f"{config}.py", title, method, protocol, cfg_options)
                for config, title in BENCHMARKS.items()}
@@ -240,11 +242,13 @@ class Options:
     Attributes:
         config: a benchmark config for the model settings; None: ADE20K's.
         sam_path: local SAM weights for the methods that use SAM (Trident); None: the public file.
+        mask_path: local weights of the mask generator (SAM2) for the methods that use region masks
+            (CorrCLIP); None: the public file.
         clip_path, vfm_path: local weights of the config's CLIP and VFM; None:
             the public releases, downloaded once.
         device, precision: where and how the models run (:class:`~cass.api.Segmenter`).
         protocol: ``'published'``: a method's presets are its published settings
-            for each benchmark (:func:`cass.family.protocol_options`); ``'cass'``:
+            for each benchmark (:func:`cass.protocols.protocol_options`); ``'cass'``:
             the benchmark configs' settings for every method.
         cfg_options: mmseg-style overrides of the config (``{'model.h_threshold': 0.1}``);
             they win over the presets' settings.
@@ -257,6 +261,7 @@ class Options:
     clip_path: str | None = None
     vfm_path: str | None = None
     sam_path: str | None = None
+    mask_path: str | None = None
     device: str = "cpu"
     precision: str | None = None
     protocol: str = "published"
@@ -366,7 +371,7 @@ class Engine:
         return vfm if vfm in self.vfms and self.vfms[vfm].available else None
 
     def uses_vfm(self, method: str) -> bool:
-        """Whether ``method`` uses a VFM with the app's settings (:func:`cass.family.requirements`)."""
+        """Whether ``method`` uses a VFM with the app's settings (:func:`cass.methods.requirements`)."""
         return requirements(self.settings.replace(method=method)).vfm
 
     def missing_weights(self) -> list[str]:
@@ -417,7 +422,8 @@ class Engine:
             vfm_path = self.vfms[vfm].path
         protocol = self.options.protocol if self.config_name in BENCHMARKS else "cass"
         return Segmenter(self.options.config, classes=classes, clip_path=self.clips[clip].path or clip,
-                         vfm_path=vfm_path, sam_path=self.options.sam_path, device=self.options.device,
+                         vfm_path=vfm_path, sam_path=self.options.sam_path, mask_path=self.options.mask_path,
+                         device=self.options.device,
                          precision=self.options.precision, cfg_options=cfg_options, protocol=protocol)
 
     @staticmethod

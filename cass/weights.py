@@ -1,4 +1,4 @@
-"""Weight loading: OpenAI CLIP archives/state dicts, DINO/DINOv2/DINOv3 and SAM release checkpoints.
+"""Weight loading: OpenAI, OpenCLIP and MetaCLIP CLIP releases, DINO/DINOv2/DINOv3 and SAM release checkpoints.
 
 Everything loads on the CPU and strictly; key remapping is timm's own
 ``checkpoint_filter_fn`` (``vision_transformer`` for DINO and DINOv2, ``eva``
@@ -21,7 +21,7 @@ from open_clip.model import build_model_from_openai_state_dict
 from timm.models import eva, vision_transformer
 from torch import nn
 
-from .backbones import CLIP_SPECS, FORMAT_NAMES, SAM_SPECS, VFM_SPECS, VFMSpec, vfms_with_heads
+from .backbones import CLIP_SPECS, FORMAT_NAMES, SAM_SPECS, VFM_SPECS, CLIPSpec, VFMSpec, vfms_with_heads
 
 
 class WeightsError(RuntimeError):
@@ -83,14 +83,34 @@ def _mismatch(file: Path, model: nn.Module, state_dict: dict) -> None:
         raise WeightsError(f"{file}: does not fit the model: " + "; ".join(problems))
 
 
+# prefixes of wrapped models in training checkpoints: DistributedDataParallel's, torch.compile's
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _unwrap_keys(state: dict) -> dict:
+    """Keys without the prefixes of wrapped models (as MetaCLIP's and open_clip's loaders strip them)."""
+    for prefix in _WRAPPER_PREFIXES:
+        if state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
 def read_clip_state_dict(file: Path) -> dict:
-    """State dict from OpenAI's JIT archive or a state dict in OpenAI's key format."""
+    """State dict from OpenAI's JIT archive or a state dict in OpenAI's key layout.
+
+    The state dict may be plain (OpenAI's state dicts, OpenCLIP's
+    ``open_clip_pytorch_model.bin``) or a training checkpoint holding it under
+    ``'state_dict'`` (MetaCLIP's release files, open_clip's checkpoints), its
+    keys prefixed by a wrapper (``module.``, ``_orig_mod.``) or not.
+    """
     try:
         state = torch.jit.load(str(file), map_location="cpu").state_dict()
     except Exception:  # noqa: BLE001 - not a TorchScript archive: try a plain state dict
         state = _torch_load(file)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = {k.removeprefix("module."): v for k, v in state["state_dict"].items()}
+        state = state["state_dict"]
+    if isinstance(state, dict):
+        state = _unwrap_keys(state)
     if not isinstance(state, dict) or "visual.proj" not in state:
         raise WeightsError(f"{file}: not a CLIP ViT checkpoint in OpenAI's format (no 'visual.proj' key)")
     # the causal text mask is rebuilt from the context length; archives traced from
@@ -119,18 +139,58 @@ def clip_from_state_dict(state_dict: dict, source: str = "state dict") -> nn.Mod
 
 
 def load_clip(clip_path: str) -> nn.Module:
-    """CLIP from a public name (``'ViT-B/16'``, ``'ViT-L/14'``, ``'ViT-L/14@336px'``: OpenAI's
-    weights; ``'ViT-H-14/laion2b_s32b_b79k'``: OpenCLIP's; cached) or a local release file
-    (OpenAI's archive or state dict, or an OpenCLIP state dict of an architecture of :data:`CLIP_SPECS`)."""
-    if clip_path in CLIP_SPECS and not Path(clip_path).is_file():
-        file = _fetch_public(CLIP_SPECS[clip_path].url, "clip_path (--clip-path)")
+    """CLIP from a public name of :data:`CLIP_SPECS` (cached) or a local release file.
+
+    Public names: ``'ViT-B/16'``, ``'ViT-L/14'``, ``'ViT-L/14@336px'`` (OpenAI's
+    weights), ``'ViT-H-14/laion2b_s32b_b79k'`` (OpenCLIP's),
+    ``'ViT-B-16-quickgelu/metaclip_fullcc'`` and
+    ``'ViT-L-14-quickgelu/metaclip_fullcc'`` (MetaCLIP's). A local file is
+    OpenAI's archive or state dict, a MetaCLIP checkpoint (or its plain state
+    dict, e.g. the Hugging Face hub's ``open_clip_pytorch_model.bin``), or an
+    OpenCLIP state dict of an architecture of :data:`CLIP_SPECS`; its
+    architecture is read from its shapes (:func:`open_clip_arch`).
+
+    OpenAI's and MetaCLIP's models are built by open_clip's OpenAI builder
+    (QuickGELU); they compute what ``open_clip.create_model('ViT-B-16-quickgelu')``
+    (``'ViT-L-14-quickgelu'``) computes with the same weights.
+    """
+    spec = CLIP_SPECS.get(clip_path)
+    if spec is not None and not Path(clip_path).is_file():
+        file = _fetch_public(spec.url, "clip_path (--clip-path)")
     else:
-        file = _local_file(clip_path, "CLIP")
+        spec, file = None, _local_file(clip_path, "CLIP")
     state_dict = read_clip_state_dict(file)
-    arch = open_clip_arch(state_dict)
+    if spec is not None:
+        _check_public_arch(file, clip_path, spec, state_dict)
+        arch = spec.open_clip_name if spec.release_format == "open_clip" else None
+    else:
+        arch = open_clip_arch(state_dict)
     if arch is not None:
         return open_clip_from_state_dict(state_dict, arch, str(file))
     return clip_from_state_dict(state_dict, str(file))
+
+
+def _vision_shape(state_dict: dict) -> tuple[int, int, int] | None:
+    """(width, patch size, blocks) of the vision tower of an OpenAI-layout state dict; None: no ViT."""
+    conv = state_dict.get("visual.conv1.weight")
+    if conv is None:
+        return None
+    layers = len({k.split(".")[3] for k in state_dict if k.startswith("visual.transformer.resblocks.")})
+    return conv.shape[0], conv.shape[-1], layers
+
+
+def _config_shape(open_clip_name: str) -> tuple[int, int, int]:
+    vision = open_clip.get_model_config(open_clip_name)["vision_cfg"]
+    return vision["width"], vision["patch_size"], vision["layers"]
+
+
+def _check_public_arch(file: Path, name: str, spec: CLIPSpec, state_dict: dict) -> None:
+    """The cached file of a public name holds that name's vision tower (one-line error otherwise)."""
+    found, expected = _vision_shape(state_dict), _config_shape(spec.open_clip_name)
+    if found != expected:
+        described = "no ViT" if found is None else "width {}, patch {}, {} blocks".format(*found)
+        raise WeightsError(f"{file}: a CLIP vision tower of {described}, but {name!r} is {spec.open_clip_name} "
+                           "(width {}, patch {}, {} blocks): the file is another model's".format(*expected))
 
 
 def open_clip_arch(state_dict: dict) -> str | None:
@@ -139,17 +199,16 @@ def open_clip_arch(state_dict: dict) -> str | None:
 
     OpenCLIP's and OpenAI's state dicts share key names; the vision width,
     patch size and depth tell the releases apart (OpenAI has no model of an
-    OpenCLIP release's shape).
+    OpenCLIP release's shape). MetaCLIP's releases (``'metaclip'``) are read
+    as OpenAI's: QuickGELU, the shapes of OpenAI's ViT-B/16 and ViT-L/14
+    (MetaCLIP's ViT-H/14, not in the table, has the shapes of OpenCLIP's
+    ViT-H-14 and would be taken for it, with GELU).
     """
-    conv = state_dict.get("visual.conv1.weight")
-    if conv is None:
+    shape = _vision_shape(state_dict)
+    if shape is None:
         return None
-    layers = len({k.split(".")[3] for k in state_dict if k.startswith("visual.transformer.resblocks.")})
     for spec in CLIP_SPECS.values():
-        if spec.release_format != "open_clip":
-            continue
-        vision = open_clip.get_model_config(spec.open_clip_name)["vision_cfg"]
-        if (vision["width"], vision["patch_size"], vision["layers"]) == (conv.shape[0], conv.shape[-1], layers):
+        if spec.release_format == "open_clip" and _config_shape(spec.open_clip_name) == shape:
             return spec.open_clip_name
     return None
 

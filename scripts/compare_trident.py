@@ -25,7 +25,7 @@ downloaded:
    release's benchmark configs do, with the SAM refinement its evaluation runs
    (``dist_test.sh --sam_refine``);
 3. this code runs on the same inputs with the same weights
-   (``method='trident'``, the published settings of :func:`cass.family.cfg_options`);
+   (``method='trident'``, the published settings of :func:`cass.protocols.cfg_options`);
 4. per case it reports the share of pixels with the same label and the largest
    difference of the returned (refined) class scores, and, from every call of
    SAM's decoder recorded on both sides (one per class with regions), how many
@@ -284,7 +284,7 @@ def run_ours(clip_file: Path, vfm_file: Path, sam_file: Path, family: str, photo
     import torch
 
     from cass.api import Segmenter
-    from cass.family import cfg_options
+    from cass.protocols import cfg_options
 
     config = FAMILIES[family]
     options = parse_options(cfg_options("trident", config))
@@ -352,7 +352,7 @@ def compare(checkout: Path, dino: Path, families: Sequence[str], photos: Sequenc
 
     from cass.backbones import CLIP_SPECS, SAM_SPECS, VFM_SPECS
     from cass.config import SAMConfig
-    from cass.family import cfg_options
+    from cass.protocols import cfg_options
     from cass.images import as_bgr_uint8
     from cass.random_weights import lively_iou_head, random_sam, write_clip, write_dino
 

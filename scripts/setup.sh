@@ -48,7 +48,7 @@ fi
 stamp_key=$(cat "$repo/requirements.txt" "$repo/requirements-mmseg.txt" "$repo/requirements-app.txt" \
   "$repo/requirements-test.txt" "$repo/pyproject.toml" "$0" "$repo/scripts/build_mmcv.sh" | sha256sum | cut -c1-16)-py$pyver
 stamp=$venv/.cass-setup-stamp
-check='import torch, torchvision, open_clip, timm, mmengine, cass'
+check='import torch, torchvision, open_clip, timm, mmengine, cass, sam2'
 [[ $profile == full ]] && check+='; import mmcv.ops, mmseg, cass.mmseg, gradio'
 [[ $with_test == 1 ]] && check+='; import pytest, playwright'
 
@@ -84,6 +84,9 @@ fi
 
 echo "setup: [3/$steps] requirements.txt and the cass package"
 "${pip[@]}" install -q -r "$repo/requirements.txt"
+# sam2 (CorrCLIP's SAM2 masks) is an sdist: built against this torch, without its optional CUDA
+# extension, and without re-resolving torch's dependencies (its own are in requirements.txt)
+SAM2_BUILD_CUDA=0 "${pip[@]}" install -q --no-build-isolation --no-deps "sam2==1.1.0"
 "${pip[@]}" install -q --no-deps --no-build-isolation -e "$repo"
 
 if [[ $profile == full ]]; then

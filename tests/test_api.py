@@ -311,9 +311,9 @@ def test_precision_sets_every_tower(make):
 
 # ---------------------------------------------------------------- a method's published protocol
 def test_published_protocol_gives_trident_its_voc21_settings(weights_dir, tmp_path):
-    """protocol='published': Trident's VOC21 short side, windows, thresholds and class file (cass.family),
+    """protocol='published': Trident's VOC21 short side, windows, thresholds and class file (cass.protocols),
     under the explicit cfg_options (which win); the default, 'cass', keeps the config's settings."""
-    from cass.family import get_method
+    from cass.methods import get_method
     from cass.random_weights import TINY_SAM, write_sam
     from cass.text import read_class_file
 

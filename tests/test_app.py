@@ -18,7 +18,8 @@ from PIL import Image
 
 from cass.api import Segmenter
 from cass.config_files import load_config, resize_scale
-from cass.family import CONFIGS_DIR, METHODS
+from cass.benchmarks import CONFIGS_DIR
+from cass.methods import METHODS
 from cass.text import VocabularyError
 from cass.visualize import LegendEntry, render
 from cass.webapp import (PAMR_STEPS, Engine, ModelCache, ModelSlot, Options, Request, catalogue, class_heatmap,

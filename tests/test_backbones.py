@@ -25,7 +25,7 @@ from cass import backbones, clip_vit, dino_input, random_weights, vfm_keys, weig
 from cass.backbones import CLIP_SPECS, VFM_SPECS, VFMSpec
 from cass.build import build_model
 from cass.config import ConfigError
-from cass.last_blocks import cass_vfm_keys
+from cass.methods.cass import vfm_keys as cass_vfm_keys
 
 VFMS = sorted(VFM_SPECS)
 CLIPS = sorted(CLIP_SPECS)
@@ -78,25 +78,33 @@ def test_spec_matches_the_full_size_timm_model(vfm):
 def test_every_vfm_has_one_release_and_clip_heads_pair():
     for vfm in VFMS:
         assert (vfm in PUBLIC_VFMS) != (vfm in GATED_VFMS)
-    assert CLIPS == ["ViT-B/16", "ViT-H-14/laion2b_s32b_b79k", "ViT-L/14", "ViT-L/14@336px"]
-    assert {arch: weights.clip_heads(arch) for arch in CLIPS} == {"ViT-B/16": 12, "ViT-L/14": 16, "ViT-L/14@336px": 16,
-                                                                  "ViT-H-14/laion2b_s32b_b79k": 16}
+    assert CLIPS == ["ViT-B-16-quickgelu/metaclip_fullcc", "ViT-B/16", "ViT-H-14/laion2b_s32b_b79k",
+                     "ViT-L-14-quickgelu/metaclip_fullcc", "ViT-L/14", "ViT-L/14@336px"]
+    assert {arch: weights.clip_heads(arch) for arch in CLIPS} == {
+        "ViT-B/16": 12, "ViT-L/14": 16, "ViT-L/14@336px": 16, "ViT-H-14/laion2b_s32b_b79k": 16,
+        "ViT-B-16-quickgelu/metaclip_fullcc": 12, "ViT-L-14-quickgelu/metaclip_fullcc": 16}
     pairs = weights.head_pairings()
-    assert pairs["ViT-B/16"] == ["dino_vitb8", "dino_vitb16", "dinov2_vitb14", "dinov2_vitb14_reg4", "dinov3_vitb16"]
-    assert pairs["ViT-L/14"] == pairs["ViT-L/14@336px"] == pairs["ViT-H-14/laion2b_s32b_b79k"] == [
-        "dinov2_vitl14", "dinov2_vitl14_reg4", "dinov3_vitl16"]
+    assert pairs["ViT-B/16"] == pairs["ViT-B-16-quickgelu/metaclip_fullcc"] == [
+        "dino_vitb8", "dino_vitb16", "dinov2_vitb14", "dinov2_vitb14_reg4", "dinov3_vitb16"]
+    assert pairs["ViT-L/14"] == pairs["ViT-L/14@336px"] == pairs["ViT-H-14/laion2b_s32b_b79k"] == pairs[
+        "ViT-L-14-quickgelu/metaclip_fullcc"] == ["dinov2_vitl14", "dinov2_vitl14_reg4", "dinov3_vitl16"]
 
 
 def test_release_files_and_urls_come_from_the_table():
     assert {arch: (spec.open_clip_name, spec.release_file) for arch, spec in CLIP_SPECS.items()} == {
         "ViT-B/16": ("ViT-B-16", "ViT-B-16.pt"), "ViT-L/14": ("ViT-L-14", "ViT-L-14.pt"),
         "ViT-L/14@336px": ("ViT-L-14-336", "ViT-L-14-336px.pt"),
-        "ViT-H-14/laion2b_s32b_b79k": ("ViT-H-14", "open_clip_pytorch_model.bin")}
+        "ViT-H-14/laion2b_s32b_b79k": ("ViT-H-14", "open_clip_pytorch_model.bin"),
+        "ViT-B-16-quickgelu/metaclip_fullcc": ("ViT-B-16-quickgelu", "b16_fullcc2.5b.pt"),
+        "ViT-L-14-quickgelu/metaclip_fullcc": ("ViT-L-14-quickgelu", "l14_fullcc2.5b.pt")}
+    hosts = {"openai": "https://openaipublic.azureedge.net/clip/models/",
+             "open_clip": "https://huggingface.co/laion/CLIP-ViT-H-14-laion2B-s32B-b79K/",
+             "metaclip": "https://dl.fbaipublicfiles.com/MMPT/metaclip/"}
     for spec in CLIP_SPECS.values():
-        host = ("https://openaipublic.azureedge.net/clip/models/" if spec.release_format == "openai" else
-                "https://huggingface.co/laion/CLIP-ViT-H-14-laion2B-s32B-b79K/")
-        assert spec.url.startswith(host)
+        assert spec.url.startswith(hosts[spec.release_format])
         assert open_clip.get_model_config(spec.open_clip_name) is not None
+    # every release file has its own name in the weights cache
+    assert len({spec.release_file for spec in CLIP_SPECS.values()}) == len(CLIP_SPECS)
     # open_clip's own record of the release Trident uses
     from open_clip.pretrained import get_pretrained_cfg
     hub = get_pretrained_cfg("ViT-H-14", "laion2b_s32b_b79k")["hf_hub"]
@@ -154,7 +162,9 @@ def test_clip_release_file_loads_and_trunk_follows_the_patch(tmp_path, arch):
     path = random_weights.write_clip(tmp_path / CLIP_SPECS[arch].release_file, tiny=True, seed=2, arch=arch)
     loaded = weights.load_clip(str(path))
     vision = loaded.visual
-    patch, native = (16, 224) if arch == "ViT-B/16" else (14, 336 if arch.endswith("336px") else 224)
+    vision_cfg = open_clip.get_model_config(CLIP_SPECS[arch].open_clip_name)["vision_cfg"]
+    patch, native = vision_cfg["patch_size"], vision_cfg["image_size"]
+    assert (patch, native) == ((16, 224) if "B/16" in arch or "B-16" in arch else (14, 336 if "336" in arch else 224))
     assert vision.conv1.kernel_size == (patch, patch)
     assert vision.positional_embedding.shape[0] == 1 + (native // patch) ** 2
     # at the native size the trunk + last block is open_clip's encode_image

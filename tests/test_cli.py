@@ -8,7 +8,8 @@ import torch
 from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
-WEIGHTS_FLAGS = {"--clip-path": "clip_path", "--vfm-path": "vfm_path", "--sam-path": "sam_path"}
+WEIGHTS_FLAGS = {"--clip-path": "clip_path", "--vfm-path": "vfm_path", "--sam-path": "sam_path",
+                 "--mask-path": "mask_path"}
 # Each entry point: the arguments it needs besides the weights flags, and its old flag names (old -> new).
 DINO_PATH = {"--dino-path": "--vfm-path"}
 ENTRY_POINTS = {
@@ -47,11 +48,12 @@ def parse(scripts):
 @pytest.mark.parametrize("script", ENTRY_POINTS)
 def test_every_entry_point_takes_the_weights_flags(parse, script, capsys):
     args = parse(script, [])
-    assert [getattr(args, dest) for dest in WEIGHTS_FLAGS.values()] == [None, None, None]
+    assert [getattr(args, dest) for dest in WEIGHTS_FLAGS.values()] == [None] * len(WEIGHTS_FLAGS)
     argv = [part for flag in WEIGHTS_FLAGS for part in (flag, f"{flag[2:]}.pth")]
     args = parse(script, argv)
     assert {dest: getattr(args, dest) for dest in WEIGHTS_FLAGS.values()} == {
-        "clip_path": "clip-path.pth", "vfm_path": "vfm-path.pth", "sam_path": "sam-path.pth"}
+        "clip_path": "clip-path.pth", "vfm_path": "vfm-path.pth", "sam_path": "sam-path.pth",
+        "mask_path": "mask-path.pth"}
     assert capsys.readouterr().err == ""  # the current names do not warn
 
 
@@ -59,7 +61,7 @@ def test_every_entry_point_takes_the_weights_flags(parse, script, capsys):
 def test_old_names_are_deprecated_aliases_that_warn(parse, script, old, new, capsys):
     args = parse(script, [old, "w.pth"])
     assert getattr(args, WEIGHTS_FLAGS[new]) == "w.pth"
-    assert [getattr(args, dest) for flag, dest in WEIGHTS_FLAGS.items() if flag != new] == [None, None]
+    assert [getattr(args, dest) for flag, dest in WEIGHTS_FLAGS.items() if flag != new] == [None] * (len(WEIGHTS_FLAGS) - 1)
     assert capsys.readouterr().err == f"{script}: warning: {old} is deprecated; use {new}\n"
 
 

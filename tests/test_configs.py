@@ -123,8 +123,9 @@ def test_method_protocols_merge_into_every_benchmark_config():
 
     from cass.config import CASSConfig
     from cass.config_files import model_keys
-    from cass.family import BENCHMARKS as BENCHMARK_CONFIGS
-    from cass.family import METHODS, cfg_options
+    from cass.benchmarks import BENCHMARKS as BENCHMARK_CONFIGS
+    from cass.methods import METHODS
+    from cass.protocols import cfg_options
 
     assert tuple(BENCHMARK_CONFIGS) == tuple(f"cfg_{name}" for name in
                                              ("voc21", "context60", "coco_object", "voc20", "context59",

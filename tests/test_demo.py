@@ -229,7 +229,7 @@ def test_demo_and_eval_apply_the_same_protocol(demo, weights_dir, tmp_path, monk
     the explicit option over either."""
     from cass.config import CASSConfig
     from cass.config_files import resize_scale
-    from cass.family import CONFIGS_DIR
+    from cass.benchmarks import CONFIGS_DIR
     from cass.text import read_class_file
 
     flags = ["--config", str(CONFIGS_DIR / "cfg_voc21.py"), "--protocol", protocol,

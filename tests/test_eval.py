@@ -21,7 +21,9 @@ from PIL import Image
 
 from cass import summary
 from cass.config_files import VFM_PATH_KEYS
-from cass.family import CONFIGS_DIR, METHODS, cfg_options, get_method
+from cass.benchmarks import CONFIGS_DIR
+from cass.protocols import cfg_options
+from cass.methods import METHODS, get_method
 from cass.mmseg.evaluation import SegResultWriter, colourise
 from cass.random_weights import TINY_SAM, write_sam
 
@@ -448,7 +450,7 @@ def test_eval_all_runs_trident_with_another_clip_and_its_published_row(eval_all,
 
 # ---------------------------------------------------------------- --protocol
 def test_eval_protocol_published_equals_the_methods_cfg_options(tmp_path, capsys):
-    """--protocol published gives the config eval_all.sh's per-benchmark --cfg-options give (cass.family's
+    """--protocol published gives the config eval_all.sh's per-benchmark --cfg-options give (cass.protocols
     cfg_options), under the explicit --cfg-options; the default (cass) keeps the config's settings."""
     eval_script = load_eval_script()
 

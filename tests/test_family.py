@@ -6,9 +6,11 @@ import pytest
 import torch
 from conftest import TINY_VFM, load_script, tiny_clip, tiny_dino, write_clip_state_dict
 
-from cass import CASSConfig, CASSModel, ConfigError, Vocabulary, build_model, clip_vit, methods
-from cass.family import (CONFIGS_DIR, METHODS, Method, Requirements, cfg_options, get_method, register_method,
-                         requirements)
+from cass import CASSConfig, CASSModel, ConfigError, Vocabulary, build_model, clip_vit
+from cass.methods import common
+from cass.benchmarks import CONFIGS_DIR
+from cass.protocols import cfg_options
+from cass.methods import METHODS, Method, Requirements, get_method, register_method, requirements
 from cass.method_context import MethodContext
 from cass.text import read_class_file
 from cass.weights import build_vfm
@@ -150,6 +152,16 @@ OWN_FILES = [  # (method, benchmark, class index, the queries of that class in t
     ("trident", "cfg_voc20", 19, ["tvmonitor"]),
     ("trident", "cfg_coco_object", 0, ["sky", "wall", "tree", "wood", "grass", "road", "sea", "river", "mountain",
                                        "sands", "desk", "bed", "building", "cloud", "floor", "hill", "rail"]),
+    # CorrCLIP ships its own file for every benchmark: "people" for "person", a shorter COCO-Object background
+    ("corrclip", "cfg_voc21", 15, ["people"]),
+    ("corrclip", "cfg_context60", 37, ["people"]),
+    ("corrclip", "cfg_coco_object", 0, ["sky", "wall", "tree", "wood", "grass", "road", "sea", "river", "mountain",
+                                        "sands", "desk", "building", "cloud", "floor", "hill", "rail"]),
+    ("corrclip", "cfg_voc20", 14, ["people"]),
+    ("corrclip", "cfg_context59", 36, ["people"]),
+    ("corrclip", "cfg_coco_stuff164k", 0, ["people"]),
+    ("corrclip", "cfg_city_scapes", 11, ["people"]),
+    ("corrclip", "cfg_ade20k", 12, ["people"]),
 ]
 
 
@@ -195,9 +207,9 @@ def key_key_features(ctx, crops, tokens, grid):
     """The worked example of docs/architecture.md: ``softmax(s K K^T)`` over CLS + patches, no residual."""
     assert type(ctx) is MethodContext  # the towers and settings, never the model
     visual = ctx.clip.visual
-    q, k, v = methods.block_qkv(visual.transformer.resblocks[-1], tokens)
-    attn = methods.self_self_attention(k)
-    return methods.last_block_features(visual, methods.attend(attn, v), None, 1), grid
+    q, k, v = common.block_qkv(visual.transformer.resblocks[-1], tokens)
+    attn = common.self_self_attention(k)
+    return common.last_block_features(visual, common.attend(attn, v), None, 1), grid
 
 
 @pytest.fixture()
@@ -257,7 +269,7 @@ def test_a_method_with_its_own_merge_step(keykey):
         with pytest.raises(ValueError, match="already registered"):
             register_merge_step("doubled", DoubledLogits())
         with pytest.raises(ConfigError, match=r"^method 'keykey3' merges its crops with 'tokens', which is no merge "
-                                              r"step; merge steps: logits, features, doubled \(cass.merges"):
+                                              r"step; merge steps: logits, features, regions, doubled \(cass.merges"):
             probs("keykey3", 40)
     finally:
         MERGE_STEPS.pop("doubled", None)
@@ -266,7 +278,7 @@ def test_a_method_with_its_own_merge_step(keykey):
 
 
 def test_unknown_method_is_one_line():
-    with pytest.raises(ConfigError, match=r"^method must be one of \('cass', .*'proxyclip', 'trident'\), got 'dino'$"):
+    with pytest.raises(ConfigError, match=r"^method must be one of \('cass', .*'proxyclip', 'trident', 'corrclip'\), got 'dino'$"):
         CASSConfig.from_keys(dict(method="dino"))
     with pytest.raises(KeyError, match="unknown method 'dino'"):
         get_method("dino")
@@ -300,7 +312,9 @@ def test_protocol_options_are_cfg_options_with_their_values():
     eval_all.sh, as mmengine's DictAction reads it back; a config that is no benchmark's has none."""
     from mmengine.config import DictAction
 
-    from cass.family import BENCHMARKS, PROTOCOL_NAMES, RESIZE_KEY, protocol_options
+    from cass.benchmarks import BENCHMARKS, PROTOCOL_NAMES, RESIZE_KEY
+
+    from cass.protocols import protocol_options
 
     for name in METHODS:
         for benchmark in BENCHMARKS:

@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_VFM, tiny_clip, tiny_dino
 
-from cass import clip_vit, methods
+from cass import clip_vit
+from cass.methods import common
 from cass.backbones import VFM_SPECS
 from cass.config import CASSConfig, ConfigError
-from cass.family import get_method, method_names
+from cass.methods import get_method, method_names
 from cass.dino_input import plain_dino_images
 from cass.model import CASSModel
 from cass.spectral import gaussian_bias
@@ -82,7 +83,7 @@ def tokens_grid(clip_model):
 def test_block_qkv_are_the_heads_of_the_in_projection(clip_model, tokens_grid):
     tokens, _ = tokens_grid
     block = clip_model.visual.transformer.resblocks[-1]
-    q, k, v = methods.block_qkv(block, tokens)
+    q, k, v = common.block_qkv(block, tokens)
     qs, ks, vs = per_head_qkv(block, tokens)
     for h in range(block.attn.num_heads):
         for got, want in ((q, qs), (k, ks), (v, vs)):
@@ -94,8 +95,8 @@ def test_clip_is_the_unmodified_block(clip_model, tokens_grid):
     """vanilla attention + residual + MLP through the shared tail == open_clip's own block."""
     tokens, _ = tokens_grid
     visual = clip_model.visual
-    q, k, v = methods.block_qkv(visual.transformer.resblocks[-1], tokens)
-    feats = methods.last_block_features(visual, methods.attend(methods.vanilla_attention(q, k), v), tokens, 1)
+    q, k, v = common.block_qkv(visual.transformer.resblocks[-1], tokens)
+    feats = common.last_block_features(visual, common.attend(common.vanilla_attention(q, k), v), tokens, 1)
     x = visual.transformer.resblocks[-1](tokens)
     want = F.normalize(visual.ln_post(x[:, 1:]) @ visual.proj, dim=-1)
     torch.testing.assert_close(feats, want, rtol=1e-4, atol=1e-5)
@@ -118,7 +119,7 @@ def test_maskclip_is_the_value_path_with_residual_and_ffn(clip_model, tokens_gri
 def test_correlative_attention_per_head():
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, 3, 7, 5, generator=g), torch.randn(2, 3, 7, 5, generator=g)
-    got = methods.correlative_attention(q, k)
+    got = common.correlative_attention(q, k)
     for b in range(2):
         for h in range(3):
             qq = q[b, h] @ q[b, h].T / math.sqrt(5)
@@ -134,7 +135,7 @@ def test_neighbourhood_bias_is_a_gaussian_with_a_free_cls():
         for j in range(12):
             (ri, ci), (rj, cj) = divmod(i, 4), divmod(j, 4)
             patch[i, j] = math.exp(-((ri - rj) ** 2 + (ci - cj) ** 2) / (2 * sigma**2))
-    bias = methods.with_prefix(gaussian_bias(grid, sigma), 1)
+    bias = common.with_prefix(gaussian_bias(grid, sigma), 1)
     assert bias.shape == (13, 13) and not bias[0].any() and not bias[:, 0].any()
     torch.testing.assert_close(bias[1:, 1:], patch)
 
@@ -174,7 +175,7 @@ def test_proxy_attention_against_row_formula():
     g = torch.Generator().manual_seed(2)
     feats = torch.randn(2, 9, 6, generator=g)
     beta, gamma = 1.2, 3.0
-    got = methods.proxy_attention(feats, beta, gamma)
+    got = common.proxy_attention(feats, beta, gamma)
     for b in range(2):
         f = feats[b] / feats[b].norm(dim=-1, keepdim=True)
         sim = f @ f.T
@@ -186,7 +187,7 @@ def test_proxy_attention_against_row_formula():
             torch.testing.assert_close(got[b, i], row)
     assert (got == 0).any()  # the masking removed some pairs
     # a constant image: every similarity is 1 = its mean; the reference gives NaN, here each token keeps itself
-    flat = methods.proxy_attention(torch.ones(1, 5, 6), beta, gamma)
+    flat = common.proxy_attention(torch.ones(1, 5, 6), beta, gamma)
     torch.testing.assert_close(flat[0], torch.eye(5))
 
 
@@ -210,7 +211,7 @@ def test_proxy_attention_mean_per_crop_or_shared_by_the_crops(shared):
     feats = torch.randn(3, 7, 5, generator=g) + torch.arange(3.0)[:, None, None]  # 3 crops, unlike means
     beta, gamma = 0.9, 2.5
     mean_dims = (-3, -2, -1) if shared else (-2, -1)
-    got = methods.proxy_attention(feats, beta, gamma, mean_dims=mean_dims)
+    got = common.proxy_attention(feats, beta, gamma, mean_dims=mean_dims)
     assert got.shape == (3, 7, 7)
     sims = [(f / f.norm(dim=-1, keepdim=True)) @ (f / f.norm(dim=-1, keepdim=True)).T for f in feats]
     shared_mean = sum(float(s.sum()) for s in sims) / (3 * 49)
@@ -222,7 +223,7 @@ def test_proxy_attention_mean_per_crop_or_shared_by_the_crops(shared):
             row = torch.zeros(7)
             row[keep] = torch.exp(logits[keep]) / torch.exp(logits[keep]).sum()
             torch.testing.assert_close(got[k, i], row)
-    other = methods.proxy_attention(feats, beta, gamma, mean_dims=(-2, -1) if shared else (-3, -2, -1))
+    other = common.proxy_attention(feats, beta, gamma, mean_dims=(-2, -1) if shared else (-3, -2, -1))
     assert not torch.allclose(got, other)  # the two means differ
     want = (_replaced_proxy_attention(feats[None], beta, gamma, (1, 2, 3))[0] if shared
             else _replaced_proxy_attention(feats, beta, gamma, (-2, -1)))
@@ -232,21 +233,21 @@ def test_proxy_attention_mean_per_crop_or_shared_by_the_crops(shared):
 def test_values_on_grid_is_a_bilinear_resize_per_head():
     g = torch.Generator().manual_seed(4)
     v = torch.randn(2, 3, 12, 5, generator=g)
-    got = methods.values_on_grid(v, (3, 4), (6, 8))
+    got = common.values_on_grid(v, (3, 4), (6, 8))
     assert got.shape == (2, 3, 48, 5)
     for b in range(2):
         for h in range(3):
             image = v[b, h].T.reshape(1, 5, 3, 4)
             want = F.interpolate(image, size=(6, 8), mode="bilinear", align_corners=False)[0].reshape(5, 48).T
             torch.testing.assert_close(got[b, h], want)
-    assert methods.values_on_grid(v, (3, 4), (3, 4)) is v
+    assert common.values_on_grid(v, (3, 4), (3, 4)) is v
 
 
 @torch.no_grad()
 def test_vfm_last_features_are_the_normed_last_layer():
     dino = tiny_dino(5).eval()
     images = torch.randn(2, 3, 224, 224)  # timm's own size: no positional resize
-    feats, grid = methods.vfm_last_features(dino, images)
+    feats, grid = common.vfm_last_features(dino, images)
     assert grid == (28, 28)
     torch.testing.assert_close(feats, dino.forward_features(images)[:, 1:], rtol=1e-4, atol=1e-5)
 
@@ -259,8 +260,8 @@ def test_proxyclip_in_the_model_against_its_formula(clip_model):
     tokens, grid = trunk(model, x)
     feats, vfm_grid = model.patch_features(x, tokens, grid)
     assert grid == (4, 5) and vfm_grid == (8, 10)
-    vfm, _ = methods.vfm_last_features(dino, plain_dino_images(x, VFM_SPECS["dino_vitb8"]))
-    attn = methods.proxy_attention(vfm, 0.8, 2.0)
+    vfm, _ = common.vfm_last_features(dino, plain_dino_images(x, VFM_SPECS["dino_vitb8"]))
+    attn = common.proxy_attention(vfm, 0.8, 2.0)
     _, _, vs = per_head_qkv(clip_model.visual.transformer.resblocks[-1], tokens)
     mixed = []
     for v in vs:  # CLIP values of the patches, resized to the VFM grid, mixed by the shared attention
@@ -278,9 +279,9 @@ def test_drop_small_classes_zeroes_small_regions():
     probs[1, :, :6] = 0.9  # 60 pixels
     probs[2, :, 6:] = 0.8  # 38 pixels
     probs[3, 0, 6:8] = 0.95  # 2 pixels: 2 / 100 non-background pixels
-    out = methods.drop_small_classes(probs, 0.1)
+    out = common.drop_small_classes(probs, 0.1)
     assert torch.equal(out[:3], probs[:3]) and not out[3].any()
-    assert torch.equal(methods.drop_small_classes(probs, 0.01), probs)
+    assert torch.equal(common.drop_small_classes(probs, 0.01), probs)
 
 
 # ---------------------------------------------------------------------------- model
@@ -335,7 +336,7 @@ def test_baseline_options(image):
 
 
 def test_bad_method_settings_are_one_line_errors():
-    with pytest.raises(ConfigError, match=r"^method must be one of .*'proxyclip', 'trident'\), got 'dino'$"):
+    with pytest.raises(ConfigError, match=r"^method must be one of .*'proxyclip', 'trident', 'corrclip'\), got 'dino'$"):
         CASSConfig.from_keys(dict(method="dino"))
     with pytest.raises(ConfigError, match="unknown model setting 'methd' \\(did you mean 'method'\\?\\)"):
         CASSConfig.from_keys(dict(methd="sclip"))
@@ -355,10 +356,25 @@ def test_bad_method_settings_are_one_line_errors():
 
 def test_method_keys_round_trip():
     cfg = CASSConfig.from_keys(dict(method="proxyclip", proxy_beta=1.0, refine_text=True, area_thd=0.1))
-    assert (cfg.method.name, cfg.method.proxy_beta, cfg.method.refines_text) == ("proxyclip", 1.0, True)
+    assert (cfg.method.name, cfg.settings.proxy_beta, cfg.method.refines_text) == ("proxyclip", 1.0, True)
     assert not cfg.method.keeps_residual and CASSConfig.from_keys(cfg.to_keys()) == cfg
     assert [CASSConfig.from_keys(dict(method=m)).method.keeps_residual for m in method_names()] == \
-        [False, True, True, True, False, False, False, False]
+        [False, True, True, True, False, False, False, False, False]
+
+
+def test_a_method_owns_its_settings():
+    """A method's own settings are its entry's dataclass: defaults stated once, kept while the method
+    changes to one with the same settings, dropped for one without, a key of another method refused."""
+    proxy = get_method("proxyclip").settings
+    assert get_method("trident").settings is proxy and get_method("cass").settings is None
+    assert CASSConfig.from_keys(dict(method="proxyclip")).settings == proxy() == proxy(1.2, 3.0)
+    tuned = CASSConfig.from_keys(dict(method="proxyclip", proxy_gamma=2.0))
+    assert tuned.replace(method="trident").settings == proxy(proxy_gamma=2.0)
+    assert tuned.replace(method="cass").settings is None and "proxy_gamma" not in tuned.replace(method="cass").to_keys()
+    assert tuned.to_keys()["proxy_gamma"] == 2.0
+    with pytest.raises(ConfigError, match=r"^'proxy_beta' is a setting of method proxyclip and trident, "
+                                          r"not of method 'sclip'$"):
+        CASSConfig.from_keys(dict(method="sclip", proxy_beta=1.0))
 
 
 def test_proxyclip_refuses_a_rotary_vfm():

@@ -6,7 +6,7 @@ import torch
 from conftest import model_keys, tiny_clip, tiny_dino
 
 from cass import CASSConfig, CASSModel, ConfigError, Vocabulary, VocabularyError, build_model
-from cass.trident import slide_windows
+from cass.windows import slide_windows
 
 
 def normalised(images):

@@ -24,7 +24,8 @@ from PIL import Image
 
 from cass import clip_vit
 from cass.api import Segmenter
-from cass.family import CONFIGS_DIR, METHODS, RESIZE_KEY
+from cass.methods import METHODS
+from cass.benchmarks import CONFIGS_DIR, RESIZE_KEY
 from cass.images import normalise
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,11 +1,13 @@
-"""Trident's and SAM's math (cass.trident, cass.sam_math) against direct per-pixel, per-head and per-region formulas."""
+"""Trident's and SAM's math (cass.windows, cass.sam_math) against direct per-pixel, per-head and per-region formulas."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from cass import methods, sam_math, trident
+from cass import sam_math
+from cass import windows as tiling
+from cass.methods import common
 
 
 # ---------------------------------------------------------------------------- crops and splicing
@@ -15,16 +17,16 @@ from cass import methods, sam_math, trident
     ((448, 1000), (464, 1008)),  # 1000 -> 1008; 448 * 1.008 = 451.58 -> 451 -> 464: rounded up again
 ])
 def test_preprocess_size(size, want):
-    assert trident.preprocess_size(*size) == want
+    assert tiling.preprocess_size(*size) == want
 
 
 def test_preprocess_size_keeps_multiples_even_below_the_crop():
-    assert trident.preprocess_size(320, 480) == (320, 480)
-    assert trident.preprocess_size(448, 672) == (448, 672)
+    assert tiling.preprocess_size(320, 480) == (320, 480)
+    assert tiling.preprocess_size(448, 672) == (448, 672)
 
 
 def test_sliding_windows_by_hand():
-    windows, grid = trident.sliding_windows(448, 672, crop=336, stride=224, patch=16)
+    windows, grid = tiling.sliding_windows(448, 672, crop=336, stride=224, patch=16)
     assert grid == (2, 3)
     rows = [(0, 21), (7, 28)]              # 0..336 and 224..560 shifted back to 112..448
     cols = [(0, 21), (14, 35), (21, 42)]  # 0, 224, 448 -> 336
@@ -33,12 +35,12 @@ def test_sliding_windows_by_hand():
 
 
 def test_sliding_windows_stride_112_and_small_images():
-    windows, grid = trident.sliding_windows(336, 560, crop=336, stride=112)
+    windows, grid = tiling.sliding_windows(336, 560, crop=336, stride=112)
     assert grid == (1, 3) and windows.tolist() == [[0, 0, 21, 21], [0, 7, 21, 28], [0, 14, 21, 35]]
-    windows, grid = trident.sliding_windows(320, 336)  # a side below the crop: one short window
+    windows, grid = tiling.sliding_windows(320, 336)  # a side below the crop: one short window
     assert grid == (1, 1) and windows.tolist() == [[0, 0, 20, 21]]
     with pytest.raises(ValueError, match="token grid"):
-        trident.sliding_windows(448, 672, crop=336, stride=224, patch=10)
+        tiling.sliding_windows(448, 672, crop=336, stride=224, patch=10)
 
 
 def test_sliding_windows_are_the_models_windows_in_tokens():
@@ -47,7 +49,7 @@ def test_sliding_windows_are_the_models_windows_in_tokens():
     token grid."""
     from cass import merges
 
-    assert merges.slide_windows is trident.slide_windows
+    assert merges.slide_windows is tiling.slide_windows
     for crop, stride in [(336, 224), (336, 112), (224, 112), (96, 64), (64, 32)]:
         for h in (16, 64, 100, 224, 320, 336, 448, 500, 688):
             for w in (32, 96, 336, 410, 576, 1008):
@@ -58,12 +60,12 @@ def test_sliding_windows_are_the_models_windows_in_tokens():
                     for c in range(cols):
                         y2, x2 = min(r * stride + crop, h), min(c * stride + crop, w)
                         want.append((max(y2 - crop, 0), max(x2 - crop, 0), y2, x2))
-                assert trident.slide_windows(h, w, crop, stride) == want
+                assert tiling.slide_windows(h, w, crop, stride) == want
                 if any(e % 16 for box in want for e in box):
                     with pytest.raises(ValueError, match="token grid"):
-                        trident.sliding_windows(h, w, crop, stride, 16)
+                        tiling.sliding_windows(h, w, crop, stride, 16)
                     continue
-                windows, grid = trident.sliding_windows(h, w, crop, stride, 16)
+                windows, grid = tiling.sliding_windows(h, w, crop, stride, 16)
                 assert grid == (rows, cols) and windows.dtype == torch.long
                 assert windows.tolist() == [[e // 16 for e in box] for box in want]
 
@@ -85,29 +87,29 @@ def direct_splice(crop_feats, windows, grid, ratio):
 @pytest.mark.parametrize("ratio", [1, 2])
 def test_splice_averages_overlapping_crops(ratio):
     g = torch.Generator().manual_seed(0)
-    windows, grid = trident.sliding_windows(96, 128, crop=64, stride=32, patch=16)  # 2 x 3 crops of 4 x 4 tokens
+    windows, grid = tiling.sliding_windows(96, 128, crop=64, stride=32, patch=16)  # 2 x 3 crops of 4 x 4 tokens
     assert grid == (2, 3)
     feats = torch.randn(2, 6, 5, 4 * ratio, 4 * ratio, generator=g)
-    got = trident.splice_crops(feats, windows, (6, 8), ratio)
+    got = tiling.splice_crops(feats, windows, (6, 8), ratio)
     assert got.shape == (2, 5, 6 * ratio, 8 * ratio)
     torch.testing.assert_close(got.double(), direct_splice(feats, windows, (6, 8), ratio), rtol=1e-6, atol=1e-6)
     # batch > 1 is the same as one image at a time
     for b in range(2):
-        torch.testing.assert_close(got[b:b + 1], trident.splice_crops(feats[b:b + 1], windows, (6, 8), ratio))
+        torch.testing.assert_close(got[b:b + 1], tiling.splice_crops(feats[b:b + 1], windows, (6, 8), ratio))
 
 
 def test_splice_single_crop_is_the_crop_and_gaps_raise():
     feats = torch.randn(1, 1, 3, 4, 5)
-    torch.testing.assert_close(trident.splice_crops(feats, torch.tensor([[0, 0, 4, 5]]), (4, 5)), feats[:, 0])
+    torch.testing.assert_close(tiling.splice_crops(feats, torch.tensor([[0, 0, 4, 5]]), (4, 5)), feats[:, 0])
     with pytest.raises(ValueError, match="cover"):
-        trident.splice_crops(feats, torch.tensor([[0, 0, 4, 5]]), (4, 6))
+        tiling.splice_crops(feats, torch.tensor([[0, 0, 4, 5]]), (4, 6))
     with pytest.raises(ValueError, match="crops"):
-        trident.splice_crops(feats, torch.zeros(2, 4, dtype=torch.long), (4, 5))
+        tiling.splice_crops(feats, torch.zeros(2, 4, dtype=torch.long), (4, 5))
 
 
 def test_splice_keeps_half_precision():
     feats = torch.randn(1, 2, 3, 4, 4).half()
-    out = trident.splice_crops(feats, torch.tensor([[0, 0, 4, 4], [0, 2, 4, 6]]), (4, 6))
+    out = tiling.splice_crops(feats, torch.tensor([[0, 0, 4, 4], [0, 2, 4, 6]]), (4, 6))
     assert out.dtype == torch.float16
     torch.testing.assert_close(out[0, :, :, 2:4].float(), (feats[0, 0, :, :, 2:] + feats[0, 1, :, :, :2]).float() / 2,
                                rtol=1e-3, atol=1e-3)
@@ -115,16 +117,16 @@ def test_splice_keeps_half_precision():
 
 def test_crop_grid_scale():
     feats = torch.randn(3, 4, 21, 21)
-    same, ratio = trident.crop_grid_scale(feats, (21, 21))
+    same, ratio = tiling.crop_grid_scale(feats, (21, 21))
     assert same is feats and ratio == 1
-    double, ratio = trident.crop_grid_scale(torch.randn(3, 4, 42, 42), (21, 21))
+    double, ratio = tiling.crop_grid_scale(torch.randn(3, 4, 42, 42), (21, 21))
     assert ratio == 2 and double.shape == (3, 4, 42, 42)
-    resized, ratio = trident.crop_grid_scale(feats, (24, 24))  # DINO /16 crop vs CLIP /14 crop of 336
+    resized, ratio = tiling.crop_grid_scale(feats, (24, 24))  # DINO /16 crop vs CLIP /14 crop of 336
     assert ratio == 1 and resized.shape == (3, 4, 24, 24)
     for i in range(3):
         want = F.interpolate(feats[i:i + 1], size=(24, 24), mode="bilinear", align_corners=False)[0]
         torch.testing.assert_close(resized[i], want)
-    const, _ = trident.crop_grid_scale(torch.full((1, 2, 1, 21, 21), 3.0), (24, 24))
+    const, _ = tiling.crop_grid_scale(torch.full((1, 2, 1, 21, 21), 3.0), (24, 24))
     assert const.shape == (1, 2, 1, 24, 24)
     torch.testing.assert_close(const, torch.full_like(const, 3.0))
 
@@ -264,13 +266,13 @@ def test_pipeline_shapes_end_to_end():
     """Crops -> spliced grid -> SAM grid -> mixed tokens, as the released forward chains them, against a
     per-token re-statement: each cell the mean of the crops covering it, PyTorch's bilinear weights
     (``align_corners=False``) written out, then each SAM token the kept-attention mean of the others."""
-    h, w = trident.preprocess_size(300, 410, stride=16, crop=96)
+    h, w = tiling.preprocess_size(300, 410, stride=16, crop=96)
     assert (h, w) == (304, 416)  # 410 -> 416; 300 * 416 / 410 = 304.4 -> 304
-    windows, (rows, cols) = trident.sliding_windows(h, w, crop=96, stride=64)
+    windows, (rows, cols) = tiling.sliding_windows(h, w, crop=96, stride=64)
     assert (rows, cols) == (5, 6) and windows[-1].tolist() == [13, 20, 19, 26]  # the last ones end at the border
     g = torch.Generator().manual_seed(14)
     crops = torch.randn(1, rows * cols, 7, 6, 6, generator=g)
-    spliced = trident.splice_crops(crops, windows, (h // 16, w // 16))
+    spliced = tiling.splice_crops(crops, windows, (h // 16, w // 16))
     sam_grid = sam_math.sam_input_grid(300, 410, long_side=128)
     assert sam_grid == (5, 8)  # 304 x 416 -> 93.5 x 128 px -> 94 // 16 = 5 rows, 8 columns
     attn, values = sam_inputs(b=1, heads=2, n=sam_grid[0] * sam_grid[1], d=3)
@@ -299,7 +301,7 @@ def test_pipeline_shapes_end_to_end():
     torch.testing.assert_close(mixed[0].double(), want, rtol=1e-5, atol=1e-6)
     # the same feature in every crop comes through unchanged: the splice averages, the weights sum to 1
     constant = torch.arange(7.0)[None, None, :, None, None].expand_as(crops)
-    flat = sam_math.aggregate(trident.splice_crops(constant, windows, (19, 26)),
+    flat = sam_math.aggregate(tiling.splice_crops(constant, windows, (19, 26)),
                               sam_math.sam_correlation(attn, values), sam_grid)
     torch.testing.assert_close(flat, torch.arange(7.0).expand(1, 40, 7))
 
@@ -453,7 +455,7 @@ def test_proxy_attention_shares_one_mean_over_the_crops():
     g = torch.Generator().manual_seed(13)
     feats = torch.randn(2, 3, 5, 4, generator=g)
     beta, gamma = 1.2, 3.0
-    got = methods.proxy_attention(feats, beta, gamma, mean_dims=(1, 2, 3))
+    got = common.proxy_attention(feats, beta, gamma, mean_dims=(1, 2, 3))
     assert got.shape == (2, 3, 5, 5)
     for b in range(2):
         f = feats[b] / feats[b].norm(dim=-1, keepdim=True)
@@ -467,8 +469,8 @@ def test_proxy_attention_shares_one_mean_over_the_crops():
                 row[keep] = torch.exp(logits[keep]) / torch.exp(logits[keep]).sum()
                 torch.testing.assert_close(got[b, k, i], row)
     # one crop: ProxyCLIP's own attention
-    torch.testing.assert_close(methods.proxy_attention(feats[:, :1], mean_dims=(1, 2, 3))[:, 0],
-                               methods.proxy_attention(feats[:, 0]))
-    assert not torch.allclose(got[:, 0], methods.proxy_attention(feats[:, 0]))
-    flat = methods.proxy_attention(torch.ones(1, 2, 4, 3), mean_dims=(1, 2, 3))  # the reference's NaN rows
+    torch.testing.assert_close(common.proxy_attention(feats[:, :1], mean_dims=(1, 2, 3))[:, 0],
+                               common.proxy_attention(feats[:, 0]))
+    assert not torch.allclose(got[:, 0], common.proxy_attention(feats[:, 0]))
+    flat = common.proxy_attention(torch.ones(1, 2, 4, 3), mean_dims=(1, 2, 3))  # the reference's NaN rows
     torch.testing.assert_close(flat, torch.eye(4).expand(1, 2, 4, 4))

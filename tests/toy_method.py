@@ -8,8 +8,8 @@ as :data:`NAME`; nothing in ``cass/`` names it.
 """
 from __future__ import annotations
 
-from cass import methods
-from cass.family import Method, register_method
+from cass.methods import common
+from cass.methods import Method, register_method
 
 NAME = "toy_keykey"
 
@@ -17,9 +17,9 @@ NAME = "toy_keykey"
 def key_key_features(ctx, crops, tokens, grid):
     """softmax(s K K^T) over CLS + patches, then out_proj, ln_post, proj (no residual)."""
     visual = ctx.clip.visual
-    q, k, v = methods.block_qkv(visual.transformer.resblocks[-1], tokens)
-    attn = methods.self_self_attention(k)
-    return methods.last_block_features(visual, methods.attend(attn, v), None, 1), grid
+    q, k, v = common.block_qkv(visual.transformer.resblocks[-1], tokens)
+    attn = common.self_self_attention(k)
+    return common.last_block_features(visual, common.attend(attn, v), None, 1), grid
 
 
 METHOD = register_method(Method(name=NAME, title="key-key attention (toy, registered outside cass)",

@@ -42,7 +42,7 @@ from ..backbones import VFMSpec
 from ..constants import IMAGENET_MEAN, IMAGENET_STD, REFERENCE_INVERSE_STD
 from ..dino_input import plain_dino_images
 from ..model import CASSModel
-from ..trident import slide_windows
+from ..windows import slide_windows
 from ..stages import stage
 from ..vfm_keys import keys_on_clip_grid
 

@@ -96,15 +96,17 @@ class CASSSegmentor(BaseSegmentor):
             todo.append((img[:, :h, :w], sample))
         images = [img for img, _ in todo]
         sizes = [tuple(s.metainfo.get("ori_shape", img.shape[-2:])[:2]) for img, s in todo]
-        sam_images = self.sam_images([s for _, s in todo]) if self.model.sam_guide is not None else None
-        for (_, sample), prediction in zip(todo, self.model(images, sizes, sam_images) if todo else []):
+        sam_images = self.sam_images([s for _, s in todo]) if self.model.sees_originals else None
+        paths = [s.img_path if "img_path" in s else None for _, s in todo]
+        for (_, sample), prediction in zip(todo, self.model(images, sizes, sam_images, paths=paths) if todo else []):
             sample.set_data({"seg_logits": PixelData(data=prediction.probs),
                              "pred_sem_seg": PixelData(data=prediction.labels[None])})
         return data_samples
 
     @staticmethod
     def sam_images(samples: list[SegDataSample]) -> list[np.ndarray] | None:
-        """The original RGB images SAM sees (Trident), read from each sample's ``img_path``.
+        """The original RGB images SAM and mask generators see (Trident, CorrCLIP), read from each sample's
+        ``img_path``.
 
         mmseg's test pipeline keeps only the resized image, so the original is
         read again, with the pipeline's own decoder (``mmcv.imread``), as the

@@ -1,4 +1,4 @@
-"""The last blocks of the training-free family CASS builds on (``docs/methods.md``).
+"""The math the family's last blocks share: attention forms, the shared tail, the VFM's features.
 
 Every method runs CLIP's trunk unchanged up to its last block and differs only
 in how that block mixes the tokens. Here each attention is a pure function of
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .tower_checks import check_absolute_positions
-from .vfm_keys import embed_tokens
+from ..tower_checks import check_absolute_positions
+from ..vfm_keys import embed_tokens
 
 
 def block_qkv(block: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
