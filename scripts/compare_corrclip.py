@@ -92,7 +92,7 @@ def published(config: str, settings: dict) -> dict:
 
 
 def compare(released: Path, dino: Path, families: Sequence[str], photos: Sequence[str], classes: int, work: Path,
-            settings: dict) -> list[dict]:
+            settings: dict, sam2: bool = False) -> list[dict]:
     import torch
 
     from cass.bench.corrclip_release import run_release
@@ -102,6 +102,13 @@ def compare(released: Path, dino: Path, families: Sequence[str], photos: Sequenc
     (work / "weights").mkdir(parents=True, exist_ok=True)
     clip_file = write_clip(work / "weights" / "ViT-B-16.pt")
     dino_file = write_dino(work / "weights" / "dino_vitbase8_pretrain.pth")
+    generator = sam2_file = None
+    if sam2:  # a random SAM2 Hiera-L whose masks pass the release's thresholds (cass.masks.random_sam2.lively_sam2)
+        from cass.masks import build_mask_generator
+        from cass.masks.random_sam2 import write_random_sam2
+
+        sam2_file = write_random_sam2(work / "weights" / "sam2_hiera_large.pt", "sam2_hiera_large")
+        generator = build_mask_generator("sam2", model="sam2_hiera_large", checkpoint=str(sam2_file), device="cpu")
     rows = []
     for family in families:
         config = FAMILIES[family]
@@ -113,9 +120,10 @@ def compare(released: Path, dino: Path, families: Sequence[str], photos: Sequenc
                             text_cache_dir=str(work / "text"), **keys)
         for name in photos:
             rgb = resized(photo(name), short_side)
-            mask = region_masks(rgb)
+            mask = region_masks(rgb) if generator is None else generator(rgb)
             theirs = run_release(released, work / f"released_{family}_{name}", clip_file, dino_file,
-                                 [list(n) for n in names], rgb, mask, dino_repo=dino, model_type="ViT-B-16-quickgelu",
+                                 [list(n) for n in names], rgb, None if sam2 else mask, sam2_checkpoint=sam2_file,
+                                 dino_repo=dino, model_type="ViT-B-16-quickgelu",
                                  slide_crop=keys["slide_crop"], slide_stride=keys["slide_stride"],
                                  logit_scale=keys["logit_scale"], prob_thd=keys["prob_thd"], name=name,
                                  threads=torch.get_num_threads())
@@ -127,17 +135,20 @@ def compare(released: Path, dino: Path, families: Sequence[str], photos: Sequenc
             ours = dict(probs=voted.probs.numpy(), labels=voted.labels.numpy())
             before = agreement(dict(probs=plain.probs.numpy(), labels=plain.labels.numpy()),
                                dict(probs=theirs["probs"], labels=theirs["labels_prevote"]))
-            rows.append(dict(family=family, photo=name, size=list(rgb.shape[:2]), regions=int(len(np.unique(mask))),
+            same_masks = float((np.asarray(mask) == theirs["instance_mask"]).mean())
+            rows.append(dict(family=family, photo=name, masks="SAM2 live" if sam2 else "given",
+                             same_masks=same_masks, size=list(rgb.shape[:2]), regions=int(len(np.unique(mask))),
                              queries=len(model.vocabulary.queries), **agreement(ours, theirs),
                              label_agreement_before_vote=before["label_agreement"]))
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| family | photo | size | regions | queries | labels equal (voted) | labels equal (before the vote) "
-             "| max prob. diff |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| family | photo | masks (same on both sides) | size | regions | queries | labels equal (voted) "
+             "| labels equal (before the vote) | max prob. diff |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['family']} | {r['photo']} | {r['size'][0]}x{r['size'][1]} | {r['regions']} "
+        lines.append(f"| {r['family']} | {r['photo']} | {r['masks']} ({100 * r['same_masks']:.2f}%) "
+                     f"| {r['size'][0]}x{r['size'][1]} | {r['regions']} "
                      f"| {r['queries']} | {100 * r['label_agreement']:.3f}% "
                      f"| {100 * r['label_agreement_before_vote']:.3f}% | {r['max_prob_diff']:.1e} |")
     return "\n".join(lines)
@@ -157,6 +168,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--classes", type=int, default=8, help="first classes of each class file (default: 8)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="settings",
                         help="model keys set on both sides (prob_thd, logit_scale, slide_crop, slide_stride)")
+    parser.add_argument("--sam2", action="store_true",
+                        help="masks generated live by SAM2 on both sides (random Hiera-L weights, 0.9 GB; about "
+                             "40 s an image and side on a CPU) instead of given")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     parser.add_argument("--keep", type=Path, help="keep the work folder (weights, inputs, outputs) here")
     args = parser.parse_args(argv)
@@ -176,7 +190,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     return run_comparison("compare_corrclip.py", lambda work: compare(
-        args.released, args.dino, args.families, args.photos, args.classes, work, args.settings),
+        args.released, args.dino, args.families, args.photos, args.classes, work, args.settings, args.sam2),
         format_table, args.keep, args.json, argv)
 
 
