@@ -73,7 +73,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -82,7 +81,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cass.bench.released import ReleasedCodeError, agreement, apply_patches, photo, run_comparison
+from cass.bench.released import (ReleasedCodeError, agreement, apply_patches, check_expected, export_folder,
+                                 photo, prepare_dino_hub, run_comparison)
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = {  # name -> benchmark config (ours and the release's share the file name)
@@ -112,48 +112,12 @@ EXPECTED = {
     "seg_utils/utils.py": ["img = cv2.imread(img)"],
     "open_clip/openai.py": ["download_pretrained_from_url(get_pretrained_url(name, 'openai')"],
 }
-DINO_HUB_DIR = "facebookresearch_dino_main"  # torch.hub's cache folder of 'facebookresearch/dino:main'
-
-
-def export_tree(source: Path, target: Path, marker: str) -> None:
-    """Copy a work tree (``source/marker`` exists) or export a git directory's HEAD to ``target``
-    (the files whose contents the git directory holds: a partial mirror may lack large images)."""
-    if target.exists():  # a kept work folder of an earlier run
-        shutil.rmtree(target)
-    if (source / marker).is_file():
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns(".git"))
-        return
-    if not ((source / "HEAD").is_file() or (source / ".git").exists()):
-        raise ReleasedCodeError(f"{source}: neither a checkout with {marker} nor a git directory")
-
-    def git(*args: str, stdin: bytes | None = None) -> bytes:
-        proc = subprocess.run(["git", "-C", str(source), *args], input=stdin, capture_output=True)
-        if proc.returncode != 0:
-            raise ReleasedCodeError(f"{source}: git {' '.join(args[:2])} failed: {proc.stderr.decode().strip()}")
-        return proc.stdout
-
-    entries = [line.split(b"\t", 1) for line in git("ls-tree", "-r", "-z", "HEAD").split(b"\0") if line]
-    present = git("cat-file", "--batch-check", stdin=b"".join(e[0].split()[2] + b"\n" for e in entries)).splitlines()
-    paths = [path.decode() for (_, path), check in zip(entries, present) if not check.endswith(b" missing")]
-    target.mkdir(parents=True)
-    archive = git("archive", "HEAD", "--", *paths)
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    if not (target / marker).is_file():
-        raise ReleasedCodeError(f"{source}: its HEAD has no {marker}")
-
-
 def patch_released_copy(source: Path, target: Path) -> None:
     """Copy the released checkout to ``target`` with :data:`CPU_PATCHES` applied, after
     checking :data:`EXPECTED`; a pattern that is not found means the checkout is not
     the one this script knows."""
-    export_tree(source, target, "trident.py")
-    for name, patterns in EXPECTED.items():
-        path = target / name
-        text = path.read_text() if path.is_file() else ""
-        for pattern in patterns:
-            if pattern not in text:
-                raise ReleasedCodeError(f"{source}: {name}: expected {pattern!r}; this released version is not "
-                                        "supported")
+    export_folder(source, target, "", "trident.py")
+    check_expected(source, target, EXPECTED)
     apply_patches(source, target, CPU_PATCHES)
 
 
@@ -239,12 +203,7 @@ for family, config in spec["families"].items():
 def prepare_hub(dino: Path, torch_home: Path, vfm_file: Path) -> None:
     """torch.hub's cache as the release's ``torch.hub.load('facebookresearch/dino:main', 'dino_vitb16')``
     leaves it: the DINO code and its ViT-B/16 checkpoint (here ``vfm_file``)."""
-    hub = torch_home / "hub"
-    export_tree(dino, hub / DINO_HUB_DIR, "hubconf.py")
-    (hub / "checkpoints").mkdir(parents=True, exist_ok=True)
-    target = hub / "checkpoints" / "dino_vitbase16_pretrain.pth"
-    if target.resolve() != vfm_file.resolve():
-        shutil.copyfile(vfm_file, target)
+    prepare_dino_hub(dino, torch_home, vfm_file, "dino_vitbase16_pretrain.pth")
 
 
 def run_released(checkout: Path, work: Path, clip_file: Path, sam_file: Path, families: Sequence[str],

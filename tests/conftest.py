@@ -24,9 +24,22 @@ import torch  # noqa: E402
 
 from cass.random_weights import TINY_VFM, random_clip, random_dino, write_clip, write_dino  # noqa: E402
 
-__all__ = ["REPO", "TINY_VFM", "load_script", "model_keys", "one_line_error", "segmentor_cfg", "synthetic_photo", "tiny_clip",
+__all__ = ["REPO", "TINY_VFM", "bare_repository", "load_script", "model_keys", "one_line_error", "segmentor_cfg", "synthetic_photo", "tiny_clip",
            "tiny_dino", "write_clip_state_dict", "write_dino_checkpoint"]
 REPO = Path(__file__).resolve().parents[1]
+
+
+def bare_repository(source: Path, bare: Path) -> Path:
+    """``source`` committed as a git work tree and cloned to the bare git directory ``bare`` (a mirror,
+    as the comparisons with released code read them)."""
+    import subprocess
+
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "x"]):
+        subprocess.run(["git", "-C", str(source), *args], check=True, env=env, capture_output=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(source), str(bare)], check=True, capture_output=True)
+    return bare
 
 
 def load_script(path: str, name: str) -> ModuleType:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cass.bench import corrclip_release as cr
-from cass.bench.released import ReleasedCodeError
+from cass.bench.released import ReleasedCodeError, export_folder
+from conftest import bare_repository
 
 RELEASED = Path(os.environ.get("CORRCLIP_RELEASED", str(cr.DEFAULT_MIRROR)))
 DINO = Path(os.environ.get("CORRCLIP_DINO", str(cr.DEFAULT_DINO_MIRROR)))
@@ -99,17 +99,12 @@ def test_a_missing_pattern_is_refused(tmp_path, name, pattern):
 
 def test_git_directories_are_exported(tmp_path):
     source = fake_release(tmp_path / "work")
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t")
-    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "x"]):
-        subprocess.run(["git", "-C", str(source), *args], check=True, env=env, capture_output=True)
-    bare = tmp_path / "bare.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(source), str(bare)], check=True, capture_output=True)
+    bare = bare_repository(source, tmp_path / "bare.git")
     commit = cr.prepare_release(bare, tmp_path / "copy")
     assert len(commit) == 40 and "precision='fp32'" in (tmp_path / "copy" / cr.SEGMENTOR).read_text()
     assert not (tmp_path / "copy" / "CorrCLIPv2").exists()
     with pytest.raises(ReleasedCodeError, match="no hubconf.py"):
-        cr.export_folder(bare, tmp_path / "dino", "", "hubconf.py")
+        export_folder(bare, tmp_path / "dino", "", "hubconf.py")
     with pytest.raises(ReleasedCodeError, match="neither a checkout"):
         cr.prepare_release(tmp_path / "nothing", tmp_path / "copy2")
 

@@ -129,7 +129,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -138,13 +137,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cass.bench.released import ReleasedCodeError, apply_patches
+from cass.bench.released import (ReleasedCodeError, apply_patches, check_expected, export_folder, link_or_copy,
+                                 prepare_dino_hub)
 
 DEFAULT_MIRROR = Path("/work/.mirror/zdk258+CorrCLIP/repo")
 DEFAULT_DINO_MIRROR = Path("/work/.mirror/facebookresearch+dino/repo")
 FOLDER = "CorrCLIPv1"  # the release's folder (the repository also holds CorrCLIPv2)
 SEGMENTOR = "corrclip_segmentor.py"
-DINO_HUB_DIR = "facebookresearch_dino_main"  # torch.hub's cache folder of 'facebookresearch/dino:main'
 DINO_HUB_FILES = {"dino_vitb8": "dino_vitbase8_pretrain.pth", "dino_vits8": "dino_deitsmall8_pretrain.pth",
                   "dino_vitb16": "dino_vitbase16_pretrain.pth", "dino_vits16": "dino_deitsmall16_pretrain.pth"}
 SAM2_CHECKPOINT = "sam2_hiera_large.pt"  # the relative path the release's set_mask_generator('sam2') loads
@@ -205,85 +204,13 @@ OUTPUT_KEYS = {
 
 
 # ---------------------------------------------------------------------------- the released copy
-def _git(source: Path, *args: str, stdin: bytes | None = None) -> bytes:
-    proc = subprocess.run(["git", "--git-dir", str(source), *args], input=stdin, capture_output=True)
-    if proc.returncode != 0:
-        raise ReleasedCodeError(f"{source}: git {' '.join(args[:2])} failed: {proc.stderr.decode().strip()}")
-    return proc.stdout
-
-
-def _is_git_dir(source: Path) -> bool:
-    return (source / "HEAD").is_file() and (source / "objects").is_dir()
-
-
-def export_folder(source: Path, target: Path, folder: str, marker: str) -> str:
-    """Copy ``source/folder`` of a checkout, or export ``folder`` of a git directory's ``HEAD``
-    (the files whose blobs it holds), to ``target`` (replaced); ``marker`` must be in it.
-    Returns the commit exported ('' when unknown)."""
-    source = Path(source)
-    if target.exists():  # a kept work folder of an earlier run
-        shutil.rmtree(target)
-    inner = source / folder if folder else source
-    if (inner / marker).is_file():
-        shutil.copytree(inner, target, ignore=shutil.ignore_patterns(".git"))
-        proc = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
-    gitdir = source / ".git" if (source / ".git").is_dir() else source
-    if not _is_git_dir(gitdir):
-        raise ReleasedCodeError(f"{source}: neither a checkout with {folder + '/' if folder else ''}{marker} "
-                                "nor a git directory")
-    commit = _git(gitdir, "rev-parse", "HEAD").decode().strip()
-    listing = _git(gitdir, "ls-tree", "-r", "-z", "HEAD", *([folder] if folder else []))
-    entries = [line.split(b"\t", 1) for line in listing.split(b"\0") if line]
-    entries = [e for e in entries if e[0].split()[1] == b"blob"]  # no submodules
-    if not entries:
-        raise ReleasedCodeError(f"{source}: its HEAD has no {folder or 'files'}")
-    present = _git(gitdir, "cat-file", "--batch-check",
-                   stdin=b"".join(e[0].split()[2] + b"\n" for e in entries)).splitlines()
-    paths = [path.decode() for (_, path), check in zip(entries, present) if not check.endswith(b" missing")]
-    archive = _git(gitdir, "archive", "--format=tar", "HEAD", "--", *paths)
-    staging = target.parent / (target.name + ".export")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    subprocess.run(["tar", "-x", "-C", str(staging)], input=archive, check=True)
-    shutil.move(str(staging / folder) if folder else str(staging), str(target))
-    shutil.rmtree(staging, ignore_errors=True)
-    if not (target / marker).is_file():
-        raise ReleasedCodeError(f"{source}: its HEAD has no {folder + '/' if folder else ''}{marker}")
-    return commit
-
-
-def check_expected(source: Path, copy: Path) -> None:
-    """Every pattern of :data:`EXPECTED` is in the copy (before patching)."""
-    for name, patterns in EXPECTED.items():
-        path = copy / name
-        text = path.read_text() if path.is_file() else ""
-        for pattern in patterns:
-            if pattern not in text:
-                raise ReleasedCodeError(f"{source}: {FOLDER}/{name}: expected {pattern!r}; this released "
-                                        "version is not supported")
-
-
 def prepare_release(source: Path, target: Path) -> str:
     """``source``'s ``CorrCLIPv1`` exported to ``target`` with :data:`CPU_PATCHES` applied, after
     checking :data:`EXPECTED`; returns the commit ('' when unknown)."""
     commit = export_folder(Path(source), Path(target), FOLDER, SEGMENTOR)
-    check_expected(Path(source), Path(target))
+    check_expected(Path(source), Path(target), EXPECTED, FOLDER)
     apply_patches(Path(source) / FOLDER, Path(target), CPU_PATCHES)
     return commit
-
-
-def _link_or_copy(file: Path, target: Path) -> None:
-    file = Path(file).resolve()
-    if target.is_symlink() or target.exists():
-        if target.resolve() == file:
-            return
-        target.unlink()
-    try:
-        target.symlink_to(file)
-    except OSError:
-        shutil.copyfile(file, target)
 
 
 def prepare_hub(dino_repo: Path, torch_home: Path, dino_file: Path, dino_type: str = "dino_vitb8") -> None:
@@ -291,10 +218,7 @@ def prepare_hub(dino_repo: Path, torch_home: Path, dino_file: Path, dino_type: s
     leaves it: the DINO code and the checkpoint (here ``dino_file``, linked)."""
     if dino_type not in DINO_HUB_FILES:
         raise ValueError(f"dino_type {dino_type!r}: one of {sorted(DINO_HUB_FILES)}")
-    hub = Path(torch_home) / "hub"
-    export_folder(Path(dino_repo), hub / DINO_HUB_DIR, "", "hubconf.py")
-    (hub / "checkpoints").mkdir(parents=True, exist_ok=True)
-    _link_or_copy(Path(dino_file), hub / "checkpoints" / DINO_HUB_FILES[dino_type])
+    prepare_dino_hub(Path(dino_repo), Path(torch_home), Path(dino_file), DINO_HUB_FILES[dino_type])
 
 
 def class_file_text(classes: Sequence[str | Sequence[str]]) -> str:
@@ -555,7 +479,7 @@ def run_release(release: Path, work: Path, clip_weights: Path, dino_weights: Pat
     if mask is not None:
         np.savez(masks_dir / f"{name}.npz", instance_mask=mask)
     else:
-        _link_or_copy(Path(sam2_checkpoint), copy / SAM2_CHECKPOINT)
+        link_or_copy(Path(sam2_checkpoint), copy / SAM2_CHECKPOINT)
     if isinstance(classes, (str, os.PathLike)) and Path(classes).is_file():
         name_path = Path(classes).resolve()
     else:

@@ -7,6 +7,8 @@ and compare its class scores and labels with this code's.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -73,3 +75,90 @@ def run_comparison(script: str, compute: Callable[[Path], list[dict]], format_ta
         command = f"python scripts/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
         json_path.write_text(json.dumps(dict(command=command, rows=rows), indent=2) + "\n")
     return 0
+
+
+# ---------------------------------------------------------------------------- the released copies
+DINO_HUB_DIR = "facebookresearch_dino_main"  # torch.hub's cache folder of 'facebookresearch/dino:main'
+
+
+def _git(source: Path, *args: str, stdin: bytes | None = None) -> bytes:
+    proc = subprocess.run(["git", "--git-dir", str(source), *args], input=stdin, capture_output=True)
+    if proc.returncode != 0:
+        raise ReleasedCodeError(f"{source}: git {' '.join(args[:2])} failed: {proc.stderr.decode().strip()}")
+    return proc.stdout
+
+
+def _is_git_dir(source: Path) -> bool:
+    return (source / "HEAD").is_file() and (source / "objects").is_dir()
+
+
+def export_folder(source: Path, target: Path, folder: str, marker: str) -> str:
+    """Copy ``source/folder`` of a checkout, or export ``folder`` of a git directory's ``HEAD``
+    (the files whose blobs it holds), to ``target`` (replaced); ``marker`` must be in it.
+    Returns the commit exported ('' when unknown)."""
+    source = Path(source)
+    if target.exists():  # a kept work folder of an earlier run
+        shutil.rmtree(target)
+    inner = source / folder if folder else source
+    if (inner / marker).is_file():
+        shutil.copytree(inner, target, ignore=shutil.ignore_patterns(".git"))
+        proc = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+    gitdir = source / ".git" if (source / ".git").is_dir() else source
+    if not _is_git_dir(gitdir):
+        raise ReleasedCodeError(f"{source}: neither a checkout with {folder + '/' if folder else ''}{marker} "
+                                "nor a git directory")
+    commit = _git(gitdir, "rev-parse", "HEAD").decode().strip()
+    listing = _git(gitdir, "ls-tree", "-r", "-z", "HEAD", *([folder] if folder else []))
+    entries = [line.split(b"\t", 1) for line in listing.split(b"\0") if line]
+    entries = [e for e in entries if e[0].split()[1] == b"blob"]  # no submodules
+    if not entries:
+        raise ReleasedCodeError(f"{source}: its HEAD has no {folder or 'files'}")
+    present = _git(gitdir, "cat-file", "--batch-check",
+                   stdin=b"".join(e[0].split()[2] + b"\n" for e in entries)).splitlines()
+    paths = [path.decode() for (_, path), check in zip(entries, present) if not check.endswith(b" missing")]
+    archive = _git(gitdir, "archive", "--format=tar", "HEAD", "--", *paths)
+    staging = target.parent / (target.name + ".export")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(staging)], input=archive, check=True)
+    shutil.move(str(staging / folder) if folder else str(staging), str(target))
+    shutil.rmtree(staging, ignore_errors=True)
+    if not (target / marker).is_file():
+        raise ReleasedCodeError(f"{source}: its HEAD has no {folder + '/' if folder else ''}{marker}")
+    return commit
+
+
+def check_expected(source: Path, copy: Path, expected: Mapping[str, Sequence[str]], folder: str = "") -> None:
+    """Every pattern of ``expected`` (file -> texts) is in ``copy`` (before patching); a missing one means
+    the checkout is not the one the comparison knows (one-line :class:`ReleasedCodeError`)."""
+    prefix = f"{folder}/" if folder else ""
+    for name, patterns in expected.items():
+        path = copy / name
+        text = path.read_text() if path.is_file() else ""
+        for pattern in patterns:
+            if pattern not in text:
+                raise ReleasedCodeError(f"{source}: {prefix}{name}: expected {pattern!r}; this released "
+                                        "version is not supported")
+
+
+def link_or_copy(file: Path, target: Path) -> None:
+    file = Path(file).resolve()
+    if target.is_symlink() or target.exists():
+        if target.resolve() == file:
+            return
+        target.unlink()
+    try:
+        target.symlink_to(file)
+    except OSError:
+        shutil.copyfile(file, target)
+
+
+def prepare_dino_hub(dino_repo: Path, torch_home: Path, weights: Path, checkpoint: str) -> None:
+    """torch.hub's cache as ``torch.hub.load('facebookresearch/dino:main', ...)`` leaves it: the DINO code
+    (a checkout or a git directory) and ``weights`` as its downloaded ``checkpoint`` file (linked)."""
+    hub = Path(torch_home) / "hub"
+    export_folder(Path(dino_repo), hub / DINO_HUB_DIR, "", "hubconf.py")
+    (hub / "checkpoints").mkdir(parents=True, exist_ok=True)
+    link_or_copy(Path(weights), hub / "checkpoints" / checkpoint)
