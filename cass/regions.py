@@ -1,7 +1,7 @@
-"""CorrCLIP's region math: instance masks turned into label maps, merged, and used as attention scopes.
+"""CorrCLIP's region math: label maps of instance masks merged, used as attention scopes, voted on.
 
 CorrCLIP (Zhang et al., ICCV 2025) reads an image's class-agnostic masks
-(SAM2, Mask2Former, EoMT, ...) as one integer label map whose smallest value
+(SAM2, Mask2Former, EoMT, ...: :mod:`cass.masks` stacks them) as one integer label map whose smallest value
 stands for "unsegmented", and uses it four times:
 
 * mask merging: regions whose mean VFM (DINO) features are close are clustered
@@ -21,10 +21,6 @@ values in ascending order (``torch.unique``), region 0 being the smallest;
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
@@ -226,28 +222,3 @@ def release_pad(h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
     extra_w = (multiple - w % multiple) % multiple
     extra_h = (multiple - h % multiple) % multiple
     return extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2
-
-
-def stack_instance_masks(masks: Sequence[Mapping[str, Any] | tuple[Any, float]],
-                         shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Boolean masks with areas painted into one label map (``generate_mask``, SAM2 branch, lines 329-342).
-
-    Masks are sorted by area ascending (Python's stable ``sorted``) and mask i
-    of that order paints label i + 1 over a zero map, so larger masks overwrite
-    the smaller ones they cover; 0 is left for unsegmented pixels.
-
-    Args:
-        masks: SAM2-style dicts with ``'segmentation'`` (H, W) bool and ``'area'``,
-            or ``(mask, area)`` pairs from any generator.
-        shape: (H, W), needed only when ``masks`` is empty.
-
-    Returns:
-        (H, W) int64 labels.
-    """
-    pairs = [(m["segmentation"], m["area"]) if isinstance(m, Mapping) else m for m in masks]
-    if not pairs and shape is None:
-        raise ValueError("stack_instance_masks: no masks and no shape")
-    out = np.zeros(shape if shape is not None else np.shape(pairs[0][0]), dtype=np.int64)
-    for label, (mask, _) in enumerate(sorted(pairs, key=lambda p: p[1]), start=1):
-        out[np.asarray(mask, dtype=bool)] = label
-    return out

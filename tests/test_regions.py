@@ -313,39 +313,3 @@ def test_release_pad_matches_loop_and_round_trips(h, w, multiple):
     assert padded.shape[-2] % multiple == 0 and padded.shape[-1] % multiple == 0
     l, t = pad[0], pad[2]
     assert torch.equal(padded[..., t:t + h, l:l + w], img)
-
-
-# ---------------------------------------------------------------------------- stack_instance_masks
-def stack_loop(pairs, shape):
-    order = sorted(range(len(pairs)), key=lambda i: (pairs[i][1], i))  # area, then input order
-    out = np.zeros(shape, dtype=np.int64)
-    for y in range(shape[0]):
-        for x in range(shape[1]):
-            for rank, i in enumerate(order):
-                if pairs[i][0][y, x]:
-                    out[y, x] = rank + 1  # the last (largest) covering mask wins
-    return out
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_stack_instance_masks_matches_loop(seed):
-    rng = np.random.default_rng(seed)
-    shape = (6, 7)
-    masks = [rng.random(shape) < 0.3 for _ in range(6)]
-    areas = [int(m.sum()) for m in masks]
-    areas[2] = areas[4]  # a tie in area: input order decides
-    pairs = list(zip(masks, areas))
-    expected = stack_loop(pairs, shape)
-    out = regions.stack_instance_masks(pairs)
-    assert out.dtype == np.int64 and out.tolist() == expected.tolist()
-    dicts = [{"segmentation": m, "area": a, "predicted_iou": 0.5} for m, a in pairs]
-    assert regions.stack_instance_masks(dicts).tolist() == expected.tolist()
-
-
-def test_stack_instance_masks_larger_overwrites_smaller_and_empty():
-    big, small = np.ones((3, 3), dtype=bool), np.zeros((3, 3), dtype=bool)
-    small[1, 1] = True
-    assert regions.stack_instance_masks([(big, 9), (small, 1)]).tolist() == [[2] * 3] * 3
-    assert regions.stack_instance_masks([], shape=(2, 3)).tolist() == [[0] * 3] * 2
-    with pytest.raises(ValueError):
-        regions.stack_instance_masks([])
