@@ -87,6 +87,20 @@ def last_block_keys(model: nn.Module, images: Tensor, *, rotary: bool = True) ->
     Returns:
         (B, H, n, d) keys (prefix tokens dropped) and the patch grid (h, w).
     """
+    y, grid, block_args = last_attention_input(model, images)
+    last = model.blocks[-1]
+    keys = _keys(last.attn, y)[:, :, model.num_prefix_tokens:]
+    if "rope" in block_args and rotary:
+        keys = apply_rot_embed_cat(keys, block_args["rope"], half=last.attn.rotate_half).type_as(keys)
+    return keys, grid
+
+
+def last_attention_input(model: nn.Module, images: Tensor) -> tuple[Tensor, tuple[int, int], dict]:
+    """The tokens the last block's attention projects (after its ``norm1``), the patch grid, and the
+    blocks' keyword arguments (the RoPE embedding of the grid, if the model has one).
+
+    Positions as :func:`last_block_keys` says (DINO's own resize; RoPE built for the grid).
+    """
     x, grid = embed_tokens(model, images)
     rope = getattr(model, "rope", None)
     if rope is not None and getattr(model, "rope_mixed", False):
@@ -95,11 +109,7 @@ def last_block_keys(model: nn.Module, images: Tensor, *, rotary: bool = True) ->
     x = model.norm_pre(x)
     for block in model.blocks[:-1]:
         x = block(x, **block_args)
-    last = model.blocks[-1]
-    keys = _keys(last.attn, last.norm1(x))[:, :, model.num_prefix_tokens:]
-    if rope is not None and rotary:
-        keys = apply_rot_embed_cat(keys, block_args["rope"], half=last.attn.rotate_half).type_as(keys)
-    return keys, grid
+    return model.blocks[-1].norm1(x), grid, block_args
 
 
 def keys_on_clip_grid(keys: Tensor, vfm_grid: tuple[int, int], clip_grid: tuple[int, int],

@@ -48,7 +48,7 @@ from ..regions import (PAD_LABEL, labels_on_grid, merge_regions, region_scope_at
                        release_pad, spatial_layers)
 from ..stages import stage
 from ..tower_checks import check_absolute_positions
-from ..vfm_keys import embed_tokens
+from ..vfm_keys import last_attention_input
 from .registry import Method, always, register_method
 
 # CLIP's and ImageNet's statistics in [0, 1] units, as the release writes them (myutils.UnNormalize, torchvision).
@@ -101,12 +101,8 @@ def vfm_query_keys(vfm: nn.Module, images: Tensor) -> tuple[Tensor, tuple[int, i
         (B, n, C) features and the patch grid.
     """
     check_absolute_positions(vfm, "CorrCLIP's region correlations")
-    x, grid = embed_tokens(vfm, images)
-    x = vfm.norm_pre(x)
-    for block in vfm.blocks[:-1]:
-        x = block(x)
-    last = vfm.blocks[-1]
-    qkv = last.attn.qkv(last.norm1(x))
+    y, grid, _ = last_attention_input(vfm, images)
+    qkv = vfm.blocks[-1].attn.qkv(y)
     b, n, _ = qkv.shape
     q, k, _ = qkv.reshape(b, n, 3, -1).unbind(2)
     return F.normalize((q + k)[:, vfm.num_prefix_tokens:], dim=-1), grid
