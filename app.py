@@ -30,7 +30,7 @@ from pathlib import Path
 
 from cass.cli import add_model_arguments, check_model_arguments
 from cass.methods import METHODS
-from cass.webapp import EXAMPLES, Engine, Options, Request, class_heatmap, legend_html, user_message
+from cass.webapp import EXAMPLES, NO_MASKS, Engine, Options, Request, class_heatmap, legend_html, user_message
 
 try:
     import gradio as gr
@@ -91,17 +91,18 @@ def vfm_state(engine: Engine, method_name: str) -> dict:
 def method_changed(engine: Engine, method_name: str, preset_name: str | None, vocabulary_name: str | None,
                    classes: str, filled: str | None) -> tuple:
     """The page's updates when another method is chosen, for (VFM menu, preset menu, threshold, classes,
-    the classes the vocabulary menu filled in last).
+    the classes the vocabulary menu filled in last, region-mask menu).
 
     The preset menu offers the method's settings for each benchmark (with
     ``--protocol published`` its own: windows, short side, threshold, class
     file) and keeps the chosen benchmark; the threshold becomes that preset's;
     the VFM menu is usable for a method that uses a VFM and selects the one
     the preset names when its weights are here; classes that the vocabulary
-    menu filled in (not edited since) become the method's class file for it.
+    menu filled in (not edited since) become the method's class file for it;
+    the region-mask menu selects the method's generator (CorrCLIP's SAM2), or none.
     """
     if method_name not in METHODS:
-        return (gr.skip(),) * 5
+        return (gr.skip(),) * 6
     presets = engine.presets_for(method_name)
     name = preset_name if preset_name in presets else engine.default_preset
     vfm = vfm_state(engine, method_name)
@@ -112,7 +113,7 @@ def method_changed(engine: Engine, method_name: str, preset_name: str | None, vo
     if vocabulary_name in presets and filled is not None and classes == filled:
         text = filled = presets[vocabulary_name].classes_text()
     return (gr.update(**vfm), gr.update(choices=[(p.label, n) for n, p in presets.items()], value=name),
-            presets[name].prob_thd, text, filled)
+            presets[name].prob_thd, text, filled, engine.default_masks(method_name, name))
 
 
 def build_page(engine: Engine) -> gr.Blocks:
@@ -124,15 +125,16 @@ def build_page(engine: Engine) -> gr.Blocks:
     examples = engine.example_images()
 
     def segment(image: dict | None, classes: str, method: str, clip: str, vfm: str, preset: str, prob_thd: float,
-                pamr: bool, progress: gr.Progress = gr.Progress()) -> tuple:
+                pamr: bool, masks: str, progress: gr.Progress = gr.Progress()) -> tuple:
         # preprocess=False: the image arrives as Gradio's file record and is read by cass (one-line errors)
-        cleared = (None, "", gr.update(choices=[], value=None), None, "", None, None)
+        cleared = (None, "", None, gr.update(choices=[], value=None), None, "", None, None)
         if not image or not image.get("path"):
             return status_html("no image: upload one, paste one, use the webcam or pick an example", True), *cleared
         path = image["path"]
         name = image.get("orig_name") or Path(path).name
         try:
-            request = Request(Path(path), name, classes or "", method, clip, vfm, preset, float(prob_thd), bool(pamr))
+            request = Request(Path(path), name, classes or "", method, clip, vfm, preset, float(prob_thd), bool(pamr),
+                              masks or NO_MASKS)
             outcome = engine.run(request, lambda fraction, message: progress(fraction, desc=message))
             names = outcome.result.class_names
             top = outcome.legend[0].name
@@ -141,7 +143,7 @@ def build_page(engine: Engine) -> gr.Blocks:
         except Exception as err:  # noqa: BLE001 - any failure is one line in the page; the server goes on
             return status_html(user_message(err, {path: name}), True), *cleared
         state = dict(probs=probs_file, image=path, name=name, classes=names)
-        return (status_html(outcome.summary), outcome.picture, legend_html(outcome.legend),
+        return (status_html(outcome.summary), outcome.picture, legend_html(outcome.legend), outcome.regions,
                 gr.update(choices=names, value=top), heat, status_html(heat_line), [str(f) for f in outcome.files],
                 state)
 
@@ -174,6 +176,11 @@ def build_page(engine: Engine) -> gr.Blocks:
                     clip = gr.Dropdown(label="CLIP", choices=clips, value=engine.default_clip, elem_id="clip")
                     vfm = gr.Dropdown(label="VFM", choices=vfms, value=engine.default_vfm, elem_id="vfm",
                                       **vfm_state(engine, engine.default_method))
+                masks = gr.Dropdown(label="Region masks", elem_id="masks",
+                                    choices=[(label, value) for value, label in engine.mask_choices.items()],
+                                    value=engine.default_masks(engine.default_method, engine.default_preset),
+                                    info="class-agnostic regions (SAM2 downloads its weights once): CorrCLIP's "
+                                         "input; with any other method each region takes its majority class")
                 with gr.Accordion("Settings", open=True):
                     preset = gr.Dropdown(label="Windows and input size (the method's, per benchmark)",
                                          elem_id="preset",
@@ -196,11 +203,14 @@ def build_page(engine: Engine) -> gr.Blocks:
                 status = gr.HTML(elem_id="status")
                 overlay = gr.Image(label="Overlay", format="png", interactive=False, elem_id="overlay", height=360)
                 legend = gr.HTML(elem_id="legend")
+                regions = gr.Image(label="Region masks (uncovered pixels in grey)", format="png", interactive=False,
+                                   elem_id="regions", height=360)
                 heat_class = gr.Dropdown(label="Probability of", choices=[], value=None, elem_id="heatmap-class")
                 heat = gr.Image(label="Heat map (inferno: 0 black, 1 yellow)", format="png", interactive=False,
                                 elem_id="heatmap", height=360)
                 heat_status = gr.HTML(elem_id="heatmap-status")
-                files = gr.File(label="Downloads: labels PNG, probabilities .npy, legend JSON", file_count="multiple",
+                files = gr.File(label="Downloads: labels PNG, probabilities .npy, legend JSON, region masks .npz",
+                                file_count="multiple",
                                 interactive=False, elem_id="downloads")
         result = gr.State(None)
         filled = gr.State(None)  # the classes the vocabulary menu filled in last
@@ -219,9 +229,9 @@ def build_page(engine: Engine) -> gr.Blocks:
         vocabulary.input(fill_vocabulary, [vocabulary, method], [classes, filled], queue=False)
         preset.input(preset_threshold, [preset, method], prob_thd, queue=False)
         method.input(lambda *values: method_changed(engine, *values), [method, preset, vocabulary, classes, filled],
-                     [vfm, preset, prob_thd, classes, filled], queue=False)
-        run.click(segment, [image, classes, method, clip, vfm, preset, prob_thd, pamr],
-                  [status, overlay, legend, heat_class, heat, heat_status, files, result], preprocess=False,
+                     [vfm, preset, prob_thd, classes, filled, masks], queue=False)
+        run.click(segment, [image, classes, method, clip, vfm, preset, prob_thd, pamr, masks],
+                  [status, overlay, legend, regions, heat_class, heat, heat_status, files, result], preprocess=False,
                   concurrency_limit=None, api_name="segment")
         heat_class.input(show_heatmap, [result, heat_class], [heat, heat_status], api_name="heatmap")
     return page

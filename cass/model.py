@@ -121,7 +121,6 @@ class CASSModel(nn.Module):
             from .sam_guide import SAMGuide  # segment-anything is needed only here
 
             self.sam_guide = SAMGuide(sam, self.config.sam)
-        self.uses_masks = need.masks
         self.mask_generator = mask_generator if need.masks else None
         self._last_block = self.method.block()
         self._text: tuple[Tensor, Tensor, int] | None = None
@@ -140,6 +139,11 @@ class CASSModel(nn.Module):
         self._config = config
         if getattr(self, "sam_guide", None) is not None:
             self.sam_guide.config = config.sam
+
+    @property
+    def uses_masks(self) -> bool:
+        """Whether the current settings use region masks (the method's pass or ``region_vote``)."""
+        return requirements(self.config).masks
 
     @property
     def sees_originals(self) -> bool:

@@ -7,7 +7,7 @@
   the least recently used idle models dropped beyond ``max_models``.
 
 What a slot holds is built by its user (:class:`cass.webapp.Engine` puts a
-:class:`~cass.api.Segmenter` there); this module builds nothing and imports
+:class:`~cass.api.Segmenter` there, or a mask generator in a cache of its own); this module builds nothing and imports
 no Gradio.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,7 +32,7 @@ class ModelSlot:
     """One model of the cache and the requests for it: one at a time, first come, first served."""
 
     def __init__(self) -> None:
-        self.segmenter: Segmenter | None = None
+        self.model: Segmenter | Any | None = None  # what its user built: a Segmenter, a mask generator
         self.last_used = 0.0
         self._cond = threading.Condition()
         self._next_ticket = 0
@@ -115,17 +115,17 @@ class ModelCache:
     def built(self) -> list[ModelKey]:
         """The keys of the models built now, least recently used first."""
         with self._lock:
-            return [key for key, slot in self._slots.items() if slot.segmenter is not None]
+            return [key for key, slot in self._slots.items() if slot.model is not None]
 
     def trim(self) -> None:
         """Drop the least recently used idle models beyond ``max_models``."""
         with self._lock:
-            built = sorted((key for key, slot in self._slots.items() if slot.segmenter is not None),
+            built = sorted((key for key, slot in self._slots.items() if slot.model is not None),
                            key=lambda key: self._slots[key].last_used)
             for key in built[:max(0, len(built) - self.max_models)]:
                 slot = self._slots[key]
                 if not slot.busy:
-                    slot.segmenter = None
+                    slot.model = None
                     logger.info("dropped the model %s (more than %d built)", "/".join(map(str, key)),
                                 self.max_models)
         if torch.cuda.is_available():

@@ -36,18 +36,19 @@ TINY_SAM = {kind: dict(embed_dim=32 * heads, depth=4, num_heads=heads, global_at
             for kind, heads in (("vit_b", 2), ("vit_l", 3), ("vit_h", 4))}
 
 
-def random_clip(tiny: bool = False, seed: int = 0, arch: str = "ViT-B/16") -> CLIP:
+def random_clip(tiny: bool = False, seed: int = 0, arch: str = "ViT-B/16", layers: int = 2) -> CLIP:
     """open_clip CLIP (OpenAI layout, QuickGELU) of ``arch`` (a key of :data:`CLIP_SPECS`) with random
     weights; float32, eval.
 
-    ``tiny``: 2 layers of width 128 (2 heads) with the architecture's patch and
-    image size; text tower width 64, 1 layer.
+    ``tiny``: ``layers`` layers (CorrCLIP's spatial branch needs 5 or more) of
+    width 128 (2 heads) with the architecture's patch and image size; text tower
+    width 64, 1 layer.
     """
     torch.manual_seed(seed)
     name = CLIP_SPECS[arch].open_clip_name
     if tiny:
         vision = open_clip.get_model_config(name)["vision_cfg"]
-        model = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=2, width=128, patch_size=vision["patch_size"],
+        model = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=layers, width=128, patch_size=vision["patch_size"],
                                                             image_size=vision["image_size"]),
                      text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1),
                      quick_gelu=True)
@@ -131,7 +132,7 @@ def write_sam(path: str | Path, kind: str = "vit_b", tiny: bool = False, seed: i
     return Path(path)
 
 
-def write_clip(path: str | Path, tiny: bool = False, seed: int = 0, arch: str = "ViT-B/16") -> Path:
+def write_clip(path: str | Path, tiny: bool = False, seed: int = 0, arch: str = "ViT-B/16", layers: int = 2) -> Path:
     """``arch``'s release layout (:attr:`cass.backbones.CLIPSpec.release_format`) of :func:`random_clip`.
 
     * ``'openai'``, ``'open_clip'``: a plain state dict in OpenAI's key
@@ -140,7 +141,7 @@ def write_clip(path: str | Path, tiny: bool = False, seed: int = 0, arch: str = 
       float32 weights in OpenAI's key layout without a wrapper prefix (what
       MetaCLIP's ``load_checkpoint`` and open_clip's ``load_state_dict`` read).
     """
-    state = random_clip(tiny, seed, arch).state_dict()
+    state = random_clip(tiny, seed, arch, layers).state_dict()
     if CLIP_SPECS[arch].release_format == "metaclip":
         torch.save({"state_dict": state}, path)
         return Path(path)

@@ -1,5 +1,6 @@
 """Picture of a segmentation: the image under a translucent colour per class,
-with a legend of the classes present and their pixel share (PIL + numpy)."""
+with a legend of the classes present and their pixel share (PIL + numpy);
+and of region masks: a colour per region, their edges drawn."""
 from __future__ import annotations
 
 import colorsys
@@ -46,6 +47,21 @@ def legend_entries(labels: np.ndarray, class_names: list[str], colors: np.ndarra
 def overlay(image: np.ndarray, labels: np.ndarray, colors: np.ndarray, opacity: float = 0.5) -> Image.Image:
     """Blend (H, W, 3) uint8 RGB ``image`` with the colour of each pixel's class."""
     return Image.blend(Image.fromarray(image), Image.fromarray(colors[labels]), opacity)
+
+
+def render_regions(image: np.ndarray, regions: np.ndarray, opacity: float = 0.5) -> Image.Image:
+    """(H, W, 3) uint8 RGB ``image`` under a colour per region of ``regions`` (H, W), each region's edge
+    in white; pixels no mask covers (labels <= 0, as the generators of :mod:`cass.masks` write them) keep
+    the image, in grey."""
+    from skimage.segmentation import find_boundaries
+
+    _, index = np.unique(regions, return_inverse=True)
+    index = index.reshape(regions.shape)
+    painted = np.asarray(overlay(image, index, class_colors(int(index.max()) + 1), opacity)).copy()
+    uncovered = regions <= 0
+    painted[uncovered] = np.asarray(Image.fromarray(image).convert("L").convert("RGB"))[uncovered]
+    painted[find_boundaries(index, mode="inner")] = 255
+    return Image.fromarray(painted)
 
 
 def render(image: np.ndarray, labels: np.ndarray, class_names: list[str],

@@ -14,10 +14,16 @@ what a page serving many people needs around it, and imports no Gradio:
   (method, CLIP, VFM), built on first use and reused; one request per model
   at a time, the others wait first come, first served and are told their
   place; the least recently used models are dropped beyond ``max_models``;
+* :func:`mask_menu`: the region-mask generators offered (:mod:`cass.masks`):
+  none, SAM2's four models, Felzenszwalb superpixels, Mask2Former where
+  ``transformers`` is installed; CorrCLIP needs one, any other method votes
+  each region to its majority class when one is chosen;
 * :class:`Engine`: a request (image file, class text, method, backbones,
-  benchmark preset, threshold, PAMR) in, the overlay, legend, files and
-  timings out. The preset's settings, the threshold and PAMR are settings of
-  the shared model, set for each request while it holds the model.
+  benchmark preset, threshold, PAMR, region masks) in, the overlay, legend,
+  region picture, files and timings out. The preset's settings, the
+  threshold, PAMR and the vote are settings of the shared model, set for each
+  request while it holds the model; masks are made before, by a generator
+  kept like the models, and cached on disk by image and settings.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +44,9 @@ import torch
 from PIL import Image
 
 from .api import Segmentation, Segmenter
+from .build import configured_mask_generator
 from .backbones import CLIP_SPECS, VFM_SPECS
-from .config import CASSConfig, ConfigError
+from .config import CASSConfig, ConfigError, RegionConfig
 from .config_files import load_config, model_keys, resize_scale
 from .methods import METHODS, get_method, requirements
 from .benchmarks import BENCHMARKS, CONFIGS_DIR, PROTOCOL_NAMES
@@ -47,7 +54,7 @@ from .protocols import protocol_options
 from .model_cache import ModelCache, ModelKey, ModelSlot  # noqa: F401 - ModelSlot: still importable from here
 from .images import ImageError, read_image
 from .text import Vocabulary, VocabularyError, class_list
-from .visualize import LegendEntry, format_share, legend_record, render
+from .visualize import LegendEntry, format_share, legend_record, render, render_regions
 from .weights import WeightsError
 from .weights import weights_cache_dir
 
@@ -182,6 +189,44 @@ def load_presets(extra: str | Path | None = None, method: str = "cass", protocol
     return presets
 
 
+# ------------------------------------------------------------------ region masks
+NO_MASKS = "none"
+SAM2_TITLES = {"sam2_hiera_large": "Hiera-L", "sam2_hiera_base_plus": "Hiera-B+", "sam2_hiera_small": "Hiera-S",
+               "sam2_hiera_tiny": "Hiera-T"}
+
+
+def mask_menu() -> dict[str, str]:
+    """The region-mask choices of the page, value -> label: none; each SAM2 model (its release file
+    downloaded once into the weights cache, or ``--mask-path`` for the config's ``mask_model``);
+    Felzenszwalb superpixels (no weights); Mask2Former where ``transformers`` is installed; and any
+    other registered generator but ``files``, which finds masks by an image's file name."""
+    import importlib.util
+
+    from .masks import MASK_GENERATORS
+    from .masks.sam2_masks import SAM2_MODELS
+
+    menu = {NO_MASKS: "none"}
+    menu.update({model: f"SAM2 {SAM2_TITLES.get(model, model)}: automatic masks" for model in SAM2_MODELS})
+    menu["felzenszwalb"] = "Felzenszwalb superpixels (scikit-image, no weights)"
+    if importlib.util.find_spec("transformers") is not None:
+        menu["mask2former"] = "Mask2Former Swin-L, COCO panoptic (transformers)"
+    menu.update({name: name for name in MASK_GENERATORS if name not in ("sam2", "files", *menu)})
+    return menu
+
+
+def mask_key(choice: str, regions: RegionConfig) -> ModelKey:
+    """The generator cache's key of a menu choice: the choice and the settings its masks depend on."""
+    settings = (regions.points_per_side, regions.pred_iou_thresh, regions.stability_score_thresh)
+    return "masks", choice, repr(settings) if regions.mask_generator == "sam2" else None
+
+
+def regions_summary(regions: np.ndarray) -> str:
+    """``'12 regions, 3.1% uncovered'``: the masks' labels above 0 and the share of pixels no mask covers."""
+    values = np.unique(regions)
+    uncovered = float((regions <= 0).mean())
+    return f"{int((values > 0).sum())} regions" + (f", {format_share(100 * uncovered)} uncovered" if uncovered else "")
+
+
 # ------------------------------------------------------------------ weights
 @dataclass(frozen=True)
 class Weights:
@@ -284,6 +329,7 @@ class Request:
     preset: str
     prob_thd: float
     pamr: bool
+    masks: str = NO_MASKS  # a value of mask_menu()
 
 
 @dataclass
@@ -294,8 +340,12 @@ class Outcome:
         picture: the overlay with its legend panel (:func:`cass.visualize.render`).
         legend: the classes present, largest first.
         result: the Segmenter's output.
-        files: the label PNG, the probabilities ``.npy`` and the legend JSON.
+        files: the label PNG, the probabilities ``.npy``, the legend JSON and,
+            with region masks, the masks (CorrCLIP's ``.npz`` format, which
+            ``mask_generator='files'`` reads).
         summary: one line: what ran, on what, how long each stage took.
+        regions: with region masks, the picture of the masks (:func:`cass.visualize.render_regions`).
+        region_masks: with region masks, the (H, W) label map used.
     """
 
     picture: Image.Image
@@ -303,6 +353,8 @@ class Outcome:
     result: Segmentation
     files: list[Path]
     summary: str
+    regions: Image.Image | None = None
+    region_masks: np.ndarray | None = None
 
 
 class Engine:
@@ -332,6 +384,8 @@ class Engine:
         self._presets_lock = threading.Lock()
         self.presets_for(self.default_method)  # a bad --cfg-options fails at start
         self.models = ModelCache(options.max_models)
+        self.mask_choices = mask_menu()
+        self.mask_generators = ModelCache(options.max_models)  # built on first use, like the models
         self._requests = 0
         self._requests_lock = threading.Lock()
 
@@ -374,6 +428,42 @@ class Engine:
         """Whether ``method`` uses a VFM with the app's settings (:func:`cass.methods.requirements`)."""
         return requirements(self.settings.replace(method=method)).vfm
 
+    def request_settings(self, method: str, preset: str) -> CASSConfig:
+        """The model settings of ``method`` with the preset ``preset`` (the app's, then the preset's)."""
+        return self.settings.replace(method=method, **self.preset(method, preset).settings)
+
+    def default_masks(self, method: str, preset: str) -> str:
+        """The region-mask choice that goes with ``method``: where it uses masks (CorrCLIP, or
+        ``region_vote`` in the app's settings) the generator its settings name (SAM2's model), else none."""
+        settings = self.request_settings(method, preset)
+        if not requirements(settings).masks:
+            return NO_MASKS
+        regions = settings.regions
+        choice = regions.mask_model if regions.mask_generator in (None, "sam2") else regions.mask_generator
+        return choice if choice in self.mask_choices else next(iter(SAM2_TITLES))
+
+    def region_masks(self, choice: str, settings: CASSConfig, rgb: np.ndarray,
+                     progress: Progress = _no_progress) -> np.ndarray:
+        """The (H, W) region labels of ``rgb`` by the generator ``choice`` (a value of :attr:`mask_choices`)
+        with ``settings``' SAM2 settings (points per side, thresholds), cached on disk by image and settings.
+        A generator is built on first use and kept (:attr:`mask_generators`), one image at a time."""
+        if choice not in self.mask_choices or choice == NO_MASKS:
+            raise KeyError(f"unknown region masks {choice!r}; choose one of "
+                           f"{', '.join(c for c in self.mask_choices if c != NO_MASKS)}")
+        sam2 = choice in SAM2_TITLES
+        regions = replace(settings.regions, mask_generator="sam2" if sam2 else choice,
+                          mask_model=choice if sam2 else settings.regions.mask_model)
+        mask_path = self.options.mask_path if sam2 and choice == self.settings.regions.mask_model else None
+        slot = self.mask_generators.slot(mask_key(choice, regions))
+        with slot.turn(lambda ahead: progress(0.05, f"waiting for the {choice} masks: {ahead} ahead")):
+            if slot.model is None:
+                progress(0.05, f"loading the {choice} mask generator")
+                slot.model = configured_mask_generator(regions, mask_path)
+            progress(0.1, f"region masks: {self.mask_choices[choice]}")
+            masks = slot.model(rgb)
+        self.mask_generators.trim()
+        return masks
+
     def missing_weights(self) -> list[str]:
         """One line per backbone without weights here: its name and the file it needs."""
         return [f"{w.name}: {w.missing}" for w in (*self.clips.values(), *self.vfms.values()) if not w.available]
@@ -415,7 +505,8 @@ class Engine:
         builds it. A config that is no benchmark's has no published settings: the model is built from it
         as it is, and each request's preset brings the method's published settings."""
         method, clip, vfm = key
-        cfg_options = {**self.options.cfg_options, "model.method": method}
+        # the region masks come with each request (Engine.region_masks): the model builds no generator
+        cfg_options = {**self.options.cfg_options, "model.method": method, "model.mask_generator": None}
         vfm_path = None
         if vfm is not None:
             cfg_options["model.vfm"] = vfm
@@ -426,13 +517,15 @@ class Engine:
                          device=self.options.device,
                          precision=self.options.precision, cfg_options=cfg_options, protocol=protocol)
 
-    @staticmethod
-    def configure(segmenter: Segmenter, preset: Preset, prob_thd: float, pamr: bool) -> None:
+    def configure(self, segmenter: Segmenter, preset: Preset, prob_thd: float, pamr: bool, masks: bool) -> None:
         """Set a request's settings on the shared model: the preset's (:attr:`Preset.settings`,
-        its resize), the threshold and PAMR."""
+        its resize), the threshold, PAMR and the region vote: a method that votes as published
+        (CorrCLIP) keeps the app's setting, any other votes when region masks are chosen."""
         model = segmenter.model
+        entry = get_method(model.config.method.name)
+        vote = self.settings.regions.region_vote if entry.region_vote else masks
         model.config = model.config.replace(**{**preset.settings, "prob_thd": prob_thd,
-                                               "pamr_steps": PAMR_STEPS if pamr else 0})
+                                               "pamr_steps": PAMR_STEPS if pamr else 0, "region_vote": vote})
         segmenter.scale = preset.scale
 
     def run(self, request: Request, progress: Progress = _no_progress) -> Outcome:
@@ -445,9 +538,17 @@ class Engine:
             raise ConfigError(f"the probability threshold must lie in [0, 1], got {request.prob_thd}")
         image = read_image(request.image)  # (H, W, 3) uint8 BGR, as Segmenter.load reads a file
         key = self.model_key(request)
+        if get_method(request.method).regions and request.masks == NO_MASKS:
+            raise ConfigError(f"{request.method} works on region masks: choose a mask generator")
         name = " + ".join(part for part in key[1:] if part is not None)
-        slot = self.models.slot(key)
         times: dict[str, float] = {}
+        regions = None
+        if request.masks != NO_MASKS:
+            tick = time.perf_counter()
+            settings = self.request_settings(request.method, request.preset)
+            regions = self.region_masks(request.masks, settings, np.ascontiguousarray(image[..., ::-1]), progress)
+            times["masks"] = time.perf_counter() - tick
+        slot = self.models.slot(key)
 
         def waiting(ahead: int) -> None:
             progress(0.0, f"waiting for {key[0]} ({name}): {ahead} request{'s' if ahead > 1 else ''} ahead")
@@ -456,42 +557,46 @@ class Engine:
         with slot.turn(waiting):
             times["waited"] = time.perf_counter() - tick
             tick = time.perf_counter()
-            if slot.segmenter is None:
+            if slot.model is None:
                 progress(0.1, f"loading {key[0]} with {name} on {self.options.device}")
-                slot.segmenter = self.build(key, classes)
+                slot.model = self.build(key, classes)
                 times["weights"] = time.perf_counter() - tick
-            segmenter = slot.segmenter
+            segmenter = slot.model
             model = segmenter.model
             if model.vocabulary != vocabulary:
                 model.set_vocabulary(vocabulary)
-            self.configure(segmenter, preset, request.prob_thd, request.pamr)
+            self.configure(segmenter, preset, request.prob_thd, request.pamr, regions is not None)
             tick = time.perf_counter()
             progress(0.3, f"encoding {len(classes)} classes ({len(vocabulary.queries)} names)")
             segmenter.encode_text()
             times["text"] = time.perf_counter() - tick
             tick = time.perf_counter()
             progress(0.5, f"segmenting with {key[0]}")
-            result = segmenter.segment_loaded([image])[0]
+            result = segmenter.segment_loaded([image], region_masks=None if regions is None else [regions])[0]
             times["segmenting"] = time.perf_counter() - tick
         self.models.trim()
         progress(0.9, "writing the results")
         picture, legend = render(result.image, result.labels, result.class_names, self.options.opacity)
         info = dict(image=request.image_name, method=key[0], clip=key[1], vfm=key[2], preset=preset.name,
-                    protocol=self.options.protocol, prob_thd=request.prob_thd, pamr=request.pamr)
-        files = self.write_files(result, legend, info, request.image_name)
+                    protocol=self.options.protocol, prob_thd=request.prob_thd, pamr=request.pamr,
+                    masks=request.masks)
+        files = self.write_files(result, legend, info, request.image_name, regions)
         height, width = result.labels.shape
         stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in times.items() if seconds >= 0.05)
+        masks = "" if regions is None else f", {request.masks} masks ({regions_summary(regions)})"
         summary = (f"{key[0]} with {name} on {self.options.device}: {width}x{height}, {len(classes)} classes, "
                    f"{preset.name} windows{f' ({key[0]} as published)' if preset.published else ''}"
-                   f"{', PAMR' if request.pamr else ''}; "
+                   f"{', PAMR' if request.pamr else ''}{masks}; "
                    f"{time.perf_counter() - start:.1f} s" + (f" ({stages})" if stages else ""))
-        return Outcome(picture, legend, result, files, summary)
+        shown = None if regions is None else render_regions(result.image, regions, self.options.opacity)
+        return Outcome(picture, legend, result, files, summary, shown, regions)
 
     # ---------------------------------------------------------------- files
     def write_files(self, result: Segmentation, legend: list[LegendEntry], info: dict[str, Any],
-                    image_name: str) -> list[Path]:
-        """The label PNG (class index per pixel), the probabilities (C, H, W) float32 ``.npy``
-        and the legend JSON (``demo.py``'s fields and the request's settings), in a new folder."""
+                    image_name: str, regions: np.ndarray | None = None) -> list[Path]:
+        """The label PNG (class index per pixel), the probabilities (C, H, W) float32 ``.npy``,
+        the legend JSON (``demo.py``'s fields and the request's settings) and the region masks
+        (``<stem>.npz`` as CorrCLIP's archives, :func:`cass.masks.write_npz`), in a new folder."""
         with self._requests_lock:
             self._requests += 1
             folder = self.out_dir / f"request-{self._requests:06d}"
@@ -505,8 +610,13 @@ class Engine:
         sidecar = folder / f"{stem}_legend.json"
         record = legend_record(result.labels, result.class_names, legend)
         sidecar.write_text(json.dumps(dict(info, **record), indent=2) + "\n")
+        files = [labels, probs, sidecar]
+        if regions is not None:
+            from .masks import write_npz
+
+            files.append(write_npz(folder / f"{stem}_regions.npz", regions))
         self._prune()
-        return [labels, probs, sidecar]
+        return files
 
     def _prune(self) -> None:
         folders = sorted(self.out_dir.glob("request-*"))

@@ -65,10 +65,11 @@ def class_list(config: str, count: int, synonyms: int = 4) -> list[list[str]]:
 
 
 def region_masks(rgb: np.ndarray) -> np.ndarray:
-    """A class-agnostic segmentation of the photo (scikit-image's Felzenszwalb), labels from 0."""
-    from skimage.segmentation import felzenszwalb
+    """A class-agnostic segmentation of the photo (the ``felzenszwalb`` generator), its labels from 0 as
+    recorded in docs/methods.md: the first region then reads "unsegmented" on both sides, a case compared too."""
+    from cass.masks.superpixels import FelzenszwalbMasks
 
-    return felzenszwalb(rgb, scale=200, sigma=0.8, min_size=max(50, rgb.shape[0] * rgb.shape[1] // 400))
+    return FelzenszwalbMasks()(rgb) - 1
 
 
 def resized(rgb: np.ndarray, short_side: int) -> np.ndarray:

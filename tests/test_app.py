@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_VFM, load_script, synthetic_photo
+from conftest import TINY_VFM, load_script, one_line_error, synthetic_photo
 from PIL import Image
 
 from cass.api import Segmenter
@@ -49,8 +49,8 @@ def engine(weights_dir, tmp_path):
 
 
 def request(image, classes="sky, grass, cat", method="cass", preset="ADE20K", prob_thd=0.0, pamr=False,
-            clip="ViT-B/16", vfm="dino_vitb8"):
-    return Request(Path(image), Path(image).name, classes, method, clip, vfm, preset, prob_thd, pamr)
+            clip="ViT-B/16", vfm="dino_vitb8", masks="none"):
+    return Request(Path(image), Path(image).name, classes, method, clip, vfm, preset, prob_thd, pamr, masks)
 
 
 def direct(weights_dir, classes, method="cass", scale_config=None, **overrides):
@@ -421,17 +421,17 @@ def test_the_engine_runs_a_method_with_its_presets_published_settings(weights_di
                          sam_path=str(sam), method="trident", vfm="dino_vitb8", vfm_overrides=TINY_VFM,
                          sam_overrides=TINY_SAM["vit_b"], sam_refinement=False)
     assert "VOC21 windows (trident as published)" in outcome.summary
-    model = engine.models.slot(("trident", "ViT-B/16", "dino_vitb8")).segmenter.model
+    model = engine.models.slot(("trident", "ViT-B/16", "dino_vitb8")).model.model
     for part in ("window", "output", "method", "sam"):
         assert getattr(model.config, part) == getattr(expected.model.config, part), part
     assert model.sam_guide.config == expected.model.sam_guide.config
-    assert engine.models.slot(("trident", "ViT-B/16", "dino_vitb8")).segmenter.scale == expected.scale == (2048, 448)
+    assert engine.models.slot(("trident", "ViT-B/16", "dino_vitb8")).model.scale == expected.scale == (2048, 448)
     result = expected(photo_file)
     np.testing.assert_allclose(outcome.result.probs, result.probs, atol=1e-5)
     np.testing.assert_array_equal(outcome.result.labels, result.labels)
 
-    segmenter = engine.models.slot(("trident", "ViT-B/16", "dino_vitb8")).segmenter
-    engine.configure(segmenter, engine.preset("trident", "Cityscapes"), 0.0, False)  # what the next request sets
+    segmenter = engine.models.slot(("trident", "ViT-B/16", "dino_vitb8")).model
+    engine.configure(segmenter, engine.preset("trident", "Cityscapes"), 0.0, False, False)  # the next request's
     published = METHODS["trident"].protocol["cfg_city_scapes"]
     assert segmenter.scale == (2048, 688) and segmenter.model.sam_guide.config.sam_halves
     assert (segmenter.model.config.sam.cos_fac, segmenter.model.config.sam.coarse_thresh) == (
@@ -443,22 +443,104 @@ def test_choosing_a_method_shows_its_presets(app, engine):
     import gradio as gr
 
     cass_voc = engine.preset("cass", "VOC21").classes_text()
-    vfm, preset, threshold, classes, filled = app.method_changed(engine, "trident", "VOC21", "VOC21", cass_voc,
-                                                                 cass_voc)
+    vfm, preset, threshold, classes, filled, masks = app.method_changed(engine, "trident", "VOC21", "VOC21",
+                                                                        cass_voc, cass_voc)
     assert [label for label, _ in preset["choices"]] == [p.label for p in engine.presets_for("trident").values()]
     assert preset["value"] == "VOC21" and threshold == 0.2
     assert "VOC21: short side 448, 336 px windows, stride 224, threshold 0.2" in preset["choices"][0][0]
     assert classes == filled == (CONFIGS_DIR / "proxyclip" / "cls_voc21.txt").read_text().strip()  # Trident's names
     assert vfm["interactive"] and "value" not in vfm  # its dino_vitb16 has no weights here: the VFM stays
+    assert masks == "none"
     # edited classes stay; a CLIP-only method greys the VFM out; CASS's own VFM is selected again
-    _, _, _, kept, _ = app.method_changed(engine, "sclip", "VOC21", "VOC21", "cat, dog", cass_voc)
+    _, _, _, kept, _, _ = app.method_changed(engine, "sclip", "VOC21", "VOC21", "cat, dog", cass_voc)
     assert kept == gr.skip()
-    vfm, preset, threshold, _, _ = app.method_changed(engine, "sclip", "ADE20K", None, "cat", None)
+    vfm, preset, threshold, _, _, _ = app.method_changed(engine, "sclip", "ADE20K", None, "cat", None)
     assert not vfm["interactive"] and preset["value"] == "ADE20K" and threshold == 0.0
-    vfm, _, threshold, _, _ = app.method_changed(engine, "cass", "VOC21", None, "cat", None)
+    vfm, _, threshold, _, _, _ = app.method_changed(engine, "cass", "VOC21", None, "cat", None)
     assert vfm["value"] == "dino_vitb8" and threshold == 0.1
+    # CorrCLIP works on region masks: its published generator, SAM2 Hiera-L, is selected
+    *_, masks = app.method_changed(engine, "corrclip", "ADE20K", None, "cat", None)
+    assert masks == "sam2_hiera_large"
 
 
 def test_app_protocol_flag(app):
     assert app.parse_args([]).protocol == "published" and app.options_from(app.parse_args([])).protocol == "published"
     assert app.options_from(app.parse_args(["--protocol", "cass"])).protocol == "cass"
+
+
+# ------------------------------------------------------------------ region masks
+def test_region_masks_are_a_menu_of_the_generators():
+    from cass.webapp import mask_menu
+
+    menu = mask_menu()
+    assert list(menu)[:6] == ["none", "sam2_hiera_large", "sam2_hiera_base_plus", "sam2_hiera_small",
+                              "sam2_hiera_tiny", "felzenszwalb"]
+    assert "files" not in menu  # it finds masks by an image's file name: an upload has none
+
+
+def test_region_masks_vote_any_method_as_the_segmenter_does(engine, weights_dir, photo_file):
+    """CASS with Felzenszwalb's regions: the page's labels are the Segmenter's with region_vote and the same
+    masks; the masks are drawn and offered as CorrCLIP's archive; the next request without masks votes no more."""
+    from cass.masks import read_mask_file
+    from cass.masks.superpixels import FelzenszwalbMasks
+    from cass.visualize import render_regions
+
+    outcome = engine.run(request(photo_file, masks="felzenszwalb"))
+    segmenter = direct(weights_dir, ["sky", "grass", "cat"], region_vote=True)
+    bgr = segmenter.load(photo_file)
+    regions = FelzenszwalbMasks()(np.ascontiguousarray(bgr[..., ::-1]))
+    expected = segmenter.segment_loaded([bgr], region_masks=[regions])[0]
+    np.testing.assert_array_equal(outcome.region_masks, regions)
+    np.testing.assert_array_equal(outcome.result.labels, expected.labels)
+    np.testing.assert_allclose(outcome.result.probs, expected.probs, atol=1e-6)
+    plain = direct(weights_dir, ["sky", "grass", "cat"])(photo_file)
+    assert not np.array_equal(plain.labels, expected.labels), "the vote must change something here"
+    count = len(np.unique(regions))
+    assert f", felzenszwalb masks ({count} regions); " in outcome.summary
+    np.testing.assert_array_equal(np.asarray(outcome.regions), np.asarray(render_regions(outcome.result.image,
+                                                                                         regions)))
+    assert outcome.files[3].name == "my_photo_regions.npz"
+    np.testing.assert_array_equal(read_mask_file(outcome.files[3], regions.shape), regions)
+    assert engine.mask_generators.built() == [("masks", "felzenszwalb", None)]
+
+    again = engine.run(request(photo_file))  # the same model, no masks: no vote
+    np.testing.assert_array_equal(again.result.labels, plain.labels)
+    assert again.regions is None and len(again.files) == 3
+
+
+def test_corrclip_runs_on_the_chosen_masks(weights_dir, tmp_path, photo_file):
+    """CorrCLIP in the app (its published ADE20K settings) equals the Segmenter given the same masks; without
+    masks it is a one-line error."""
+    from cass.config import ConfigError
+    from cass.masks.superpixels import FelzenszwalbMasks
+    from cass.random_weights import write_clip
+
+    clip = write_clip(tmp_path / "clip6.pt", tiny=True, layers=6)  # the spatial branch needs blocks 5..9 of 6+
+    engine = Engine(Options(clip_path=str(clip), vfm_path=str(weights_dir / "tiny_dino.pth"),
+                            cfg_options=dict(TINY_OPTIONS)), tmp_path / "out")
+    assert engine.default_masks("corrclip", "ADE20K") == "sam2_hiera_large"
+    outcome = engine.run(request(photo_file, method="corrclip", masks="felzenszwalb"))
+    expected = Segmenter(CONFIGS_DIR / "cfg_ade20k.py", classes=["sky", "grass", "cat"], protocol="published",
+                         clip_path=str(clip), vfm_path=str(weights_dir / "tiny_dino.pth"), method="corrclip",
+                         vfm="dino_vitb8", vfm_overrides=TINY_VFM, mask_generator=None)
+    bgr = expected.load(photo_file)
+    regions = FelzenszwalbMasks()(np.ascontiguousarray(bgr[..., ::-1]))
+    result = expected.segment_loaded([bgr], region_masks=[regions])[0]
+    np.testing.assert_allclose(outcome.result.probs, result.probs, atol=1e-5)
+    np.testing.assert_array_equal(outcome.result.labels, result.labels)
+    assert "ADE20K windows (corrclip as published), felzenszwalb masks" in outcome.summary
+    message = one_line_error(lambda: engine.run(request(photo_file, method="corrclip")), "choose a mask generator",
+                             error=ConfigError)
+    assert message == "corrclip works on region masks: choose a mask generator"
+
+
+def test_sam2_masks_take_the_mask_path_flag(weights_dir, tmp_path, photo_file):
+    """SAM2 of the config's model reads --mask-path (a corrupt file is one line); an unknown choice too."""
+    broken = tmp_path / "sam2_hiera_large.pt"
+    broken.write_bytes(b"not a checkpoint")
+    engine = Engine(Options(clip_path=str(weights_dir / "tiny_clip.pt"), vfm_path=str(weights_dir / "tiny_dino.pth"),
+                            mask_path=str(broken), cfg_options=dict(TINY_OPTIONS)), tmp_path / "out")
+    one_line_error(lambda: engine.run(request(photo_file, masks="sam2_hiera_large")), str(broken),
+                   "not a readable SAM2 checkpoint")
+    one_line_error(lambda: engine.run(request(photo_file, masks="sam3")), "unknown region masks 'sam3'",
+                   error=KeyError)

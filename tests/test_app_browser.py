@@ -2,7 +2,7 @@
 
 ``app.py`` runs as a separate process on a free localhost port with tiny
 random weights; the browser uploads a photo, types classes, runs, switches
-the method, picks a heat map, uploads a corrupt file, and the server must
+the method, picks a heat map, chooses region masks, uploads a corrupt file, and the server must
 still answer afterwards, and segment a shot of Chromium's fake webcam. No browser is downloaded: Playwright drives
 ``$CASS_CHROMIUM`` (default ``/usr/bin/chromium``, ``apt-get install chromium``).
 
@@ -120,7 +120,8 @@ def test_app_in_a_browser(page, server, tmp_path, weights_dir):
     from playwright.sync_api import expect
 
     from cass.api import Segmenter
-    from cass.visualize import render
+    from cass.masks.superpixels import FelzenszwalbMasks
+    from cass.visualize import render, render_regions
 
     def direct(method):
         """What a Segmenter called directly gives for the photo with the page's settings (ADE20K's)."""
@@ -197,6 +198,24 @@ def test_app_in_a_browser(page, server, tmp_path, weights_dir):
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, target)
 
+    # region masks: CorrCLIP selects its SAM2; sclip with Felzenszwalb's regions votes them, and they are drawn
+    choose(page, "#method", re.compile("^corrclip:"))
+    expect(page.locator("#masks input")).to_have_value("SAM2 Hiera-L: automatic masks")
+    choose(page, "#method", re.compile("^sclip:"))
+    expect(page.locator("#masks input")).to_have_value("none")
+    choose(page, "#masks", re.compile("^Felzenszwalb"))
+    previous = page.locator("#downloads a").evaluate_all("links => links.map(a => a.href)")
+    page.locator("#run").click()
+    regions = FelzenszwalbMasks()(original)
+    expect(status).to_contain_text(f"felzenszwalb masks ({len(np.unique(regions))} regions)", timeout=TIMEOUT_MS)
+    voting = Segmenter(classes=CLASSES, clip_path=str(weights_dir / "tiny_clip.pt"), method="sclip",
+                       region_vote=True)
+    voted = voting.segment_loaded([voting.load(photo)], region_masks=[regions])[0]
+    links, _ = shown_result(voted, previous)
+    assert sorted(Path(link).name for link in links)[-1] == "astronaut_regions.npz"
+    _, drawn = fetch_image(page, "#regions img")
+    np.testing.assert_array_equal(drawn, np.asarray(render_regions(original, regions)))
+
     # a corrupt file: one line in the page, no traceback
     page.locator("#input-image button[aria-label='Remove Image']").click()
     page.locator("#input-image input[type=file]").set_input_files(
@@ -206,6 +225,7 @@ def test_app_in_a_browser(page, server, tmp_path, weights_dir):
                                 timeout=TIMEOUT_MS)
     assert "Traceback" not in page.content()
     assert page.locator("#overlay img").count() == 0  # the old result is not left standing
+    assert page.locator("#regions img").count() == 0
 
     # the server still answers, and still segments: a shot of the (fake) webcam
     assert process.poll() is None and answers(url)

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from open_clip.model import CLIP
 
 from cass import CASSConfig, CASSModel, ConfigError, Vocabulary, clip_vit
+from cass.random_weights import random_clip
 from cass.methods.corrclip import dino_images, vfm_query_keys, window_features
 from cass.regions import PAD_LABEL, labels_on_grid, merge_regions
 
@@ -28,10 +29,7 @@ CLASSES = ["sky", "cat", "dog, puppy", "grass"]
 
 def clip_with_blocks(layers: int = 6, seed: int = 0) -> CLIP:
     """A tiny CLIP ViT-B/16 with enough blocks for the spatial branch (blocks 2..3 of 6)."""
-    torch.manual_seed(seed)
-    return CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=layers, width=128, patch_size=16, image_size=224),
-                text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1),
-                quick_gelu=True).eval()
+    return random_clip(tiny=True, seed=seed, layers=layers)
 
 
 def corrclip(clip=None, **keys) -> CASSModel:

@@ -493,3 +493,56 @@ def test_make_masks_reads_the_images_of_a_benchmark_config(tmp_path, make_masks,
     assert make_masks.main(["--config", config, "--data-root", str(tmp_path / "none"),
                             "--out", str(out), "--generator", "counting"]) == 1
     assert "data root not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ felzenszwalb
+def test_felzenszwalb_regions_are_scikit_images_from_one():
+    from skimage.segmentation import felzenszwalb
+
+    rgb = np.asarray(Image.fromarray(__import__("skimage.data").data.astronaut()).resize((96, 80)))
+    generator = build_mask_generator("felzenszwalb")
+    labels = generator(rgb)
+    expected = felzenszwalb(rgb, scale=200, sigma=0.8, min_size=max(50, 96 * 80 // 400)) + 1
+    assert labels.dtype == np.int32 and labels.min() == 1
+    np.testing.assert_array_equal(labels, expected)
+    coarser = build_mask_generator("felzenszwalb", scale=2000.0, min_size=400)
+    assert len(np.unique(coarser(rgb))) < len(np.unique(labels))
+    assert coarser.settings_key() != generator.settings_key()
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    (dict(scale=0), "scale must be > 0"), (dict(min_size=0), "min_size >= 1"), (dict(size=3), "no setting 'size'")])
+def test_felzenszwalb_bad_settings_are_one_line(settings, fragment):
+    one_line_error(lambda: build_mask_generator("felzenszwalb", **settings), fragment, error=ConfigError)
+
+
+def test_felzenszwalb_bad_image_is_one_line():
+    one_line_error(lambda: build_mask_generator("felzenszwalb")(np.zeros((8, 8), np.uint8)), "(H, W, 3) uint8 RGB",
+                   error=ValueError)
+
+
+def test_region_picture_colours_regions_greys_the_uncovered_and_draws_edges():
+    """Each region's colour over the image; its pixels next to another label white (scikit-image's inner
+    boundaries: the smallest label's own are not drawn); the uncovered pixels in grey."""
+    from cass.visualize import class_colors, render_regions
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    regions = np.zeros((6, 8), np.int64)  # 0: uncovered
+    regions[:, 4:] = 7
+    regions[3:, 4:] = 9
+    drawn = np.asarray(render_regions(image, regions, opacity=0.5)).astype(int)
+    colors = class_colors(3).astype(int)
+    grey = np.asarray(Image.fromarray(image).convert("L").convert("RGB")).astype(int)
+    for y in range(6):
+        for x in range(8):
+            label = regions[y, x]
+            edge = label != 0 and any(0 <= y + dy < 6 and 0 <= x + dx < 8 and regions[y + dy, x + dx] != label
+                       for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)))
+            if edge:
+                expected = np.full(3, 255)
+            elif label == 0:
+                expected = grey[y, x]
+            else:
+                expected = (image[y, x].astype(float) * 0.5 + colors[[0, 7, 9].index(label)] * 0.5)
+            np.testing.assert_allclose(drawn[y, x], expected, atol=1, err_msg=f"pixel {(y, x)}")

@@ -10,7 +10,8 @@ Every generator maps an (H, W, 3) uint8 RGB image (and its path, for the
 file-based one) to an (H, W) int32 instance label map whose smallest value
 marks the unsegmented pixels. Generators: ``sam2`` (:mod:`.sam2_masks`),
 ``files`` (:mod:`.files`: ``.npz`` / ``.png`` / ``.npy`` per image),
-``mask2former`` (:mod:`.mask2former`, needs ``transformers``);
+``mask2former`` (:mod:`.mask2former`, needs ``transformers``), ``felzenszwalb``
+(:mod:`.superpixels`: scikit-image's superpixels, no weights);
 :func:`register_mask_generator` adds one. ``scripts/make_masks.py`` writes a
 dataset's masks as the release's archives; ``docs/masks.md`` has the details.
 SAM2 and transformers are imported when a generator that needs them is built.
