@@ -347,6 +347,10 @@ class SAMConfig:
                f"is accepted), got {self.sam_iou_thresh}")
 
 
+UNSEGMENTED_RULES = ("smallest", "nonpositive")
+"""Which region labels read "unsegmented" (:attr:`RegionConfig.unsegmented`, :mod:`cass.regions`)."""
+
+
 @dataclass(frozen=True)
 class RegionConfig:
     """Region masks: a class-agnostic mask generator's regions (:mod:`cass.masks`), and the vote.
@@ -355,9 +359,15 @@ class RegionConfig:
     (:func:`cass.regions.vote_regions`) is an option of every method.
 
     Attributes:
-        region_vote: each region (every mask label but the smallest, read as
-            "unsegmented") takes its most frequent class after post-processing;
+        region_vote: each region (every mask label but the unsegmented ones,
+            ``unsegmented``) takes its most frequent class after post-processing;
             None: as published (the method entry's ``region_vote``: CorrCLIP).
+        unsegmented: which labels read "unsegmented" (never merged, attending
+            beyond their region, never voted): ``'smallest'``, the release's rule,
+            the smallest label of each map or window whatever it is, so that a
+            window (or a map) covered by masks loses one real region;
+            ``'nonpositive'``, the fix: labels <= 0 only, what the generators of
+            :mod:`cass.masks` write where no mask covers a pixel.
         mask_generator: the generator that makes the masks when none are given
             (a name of :data:`cass.masks.MASK_GENERATORS`: ``'sam2'``,
             ``'files'``, ...); None: masks must be given with each image.
@@ -371,6 +381,7 @@ class RegionConfig:
     """
 
     region_vote: bool | None = None
+    unsegmented: str = "smallest"
     mask_generator: str | None = None
     mask_dir: str | None = None
     mask_model: str = "sam2_hiera_large"
@@ -380,6 +391,8 @@ class RegionConfig:
 
     def __post_init__(self) -> None:
         _check(self.region_vote in (None, True, False), f"region_vote must be True, False or None, got {self.region_vote!r}")
+        _check(self.unsegmented in UNSEGMENTED_RULES,
+               f"unsegmented must be one of {', '.join(UNSEGMENTED_RULES)}, got {self.unsegmented!r}")
         _check(self.mask_generator is None or isinstance(self.mask_generator, str),
                f"mask_generator must be a name or None, got {self.mask_generator!r}")
         _check(self.points_per_side >= 1, f"points_per_side must be >= 1, got {self.points_per_side}")

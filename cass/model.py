@@ -463,7 +463,8 @@ class CASSModel(nn.Module):
                 prediction = Prediction(*self.sam_guide.refine(prediction.probs, prediction.labels))
             if masks is not None and self.config.region_votes:
                 with stage("post"):
-                    prediction = Prediction(prediction.probs, vote_regions(prediction.labels, masks[i]))
+                    prediction = Prediction(prediction.probs, vote_regions(prediction.labels, masks[i],
+                                                                             self.config.regions.unsegmented))
             predictions.append(prediction)
         return predictions
 

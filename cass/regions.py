@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
 from torch import Tensor
 
+from .config import UNSEGMENTED_RULES
+
 PAD_LABEL = 10000
 """Label of padded mask pixels (``forward_slide``, line 160); merged clusters start at the same value."""
 
@@ -33,6 +35,17 @@ MERGED_OFFSET = 10000
 """Merged region ``k`` (DBSCAN cluster ``k``) gets label ``MERGED_OFFSET + k`` (transformer.py line 562)."""
 
 _SPATIAL_DEPTH = {12: 5, 24: 12, 32: 28}  # NUM_SPATIAL, transformer.py lines 530-537
+
+
+def segmented_values(values: Tensor, unsegmented: str = "smallest") -> Tensor:
+    """The labels among ``values`` (ascending, distinct) that are regions, not "unsegmented".
+
+    ``'smallest'`` (the release's rule): all but the first, whatever its value;
+    ``'nonpositive'`` (the fix, :attr:`cass.config.RegionConfig.unsegmented`): those above 0.
+    """
+    if unsegmented not in UNSEGMENTED_RULES:
+        raise ValueError(f"unsegmented must be one of {', '.join(UNSEGMENTED_RULES)}, got {unsegmented!r}")
+    return values[1:] if unsegmented == "smallest" else values[values > 0]
 
 
 def labels_on_grid(labels: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -57,7 +70,8 @@ def labels_on_grid(labels: Tensor, grid: tuple[int, int]) -> Tensor:
     return out[:, 0] if batched else out[0, 0]
 
 
-def merge_regions(labels: Tensor, feats: Tensor, eps: float = 0.2, min_samples: int = 1) -> Tensor:
+def merge_regions(labels: Tensor, feats: Tensor, eps: float = 0.2, min_samples: int = 1,
+                  unsegmented: str = "smallest") -> Tensor:
     """Mask merging: DBSCAN over the regions' mean VFM features (transformer.py lines 544-562).
 
     Runs only when the map has more than 2 distinct labels. Each region's mean
@@ -81,27 +95,28 @@ def merge_regions(labels: Tensor, feats: Tensor, eps: float = 0.2, min_samples: 
         labels: (h, w) integer labels on the VFM grid.
         feats: (h, w, C) L2-normalised VFM features (the release: DINO q + k, fp16).
         eps, min_samples: DBSCAN's parameters (the release's EPS, MIN_SAMPLES).
+        unsegmented: ``'smallest'`` (above, the release's) or ``'nonpositive'``: labels <= 0 are
+            not merged, every other one is (:func:`segmented_values`); merging needs two such regions.
 
     Returns:
         (h, w) new labels, dtype of ``labels`` (the input is not modified).
     """
     merged = labels.clone()
-    values = torch.unique(labels)
-    if values.numel() <= 2:
+    values = segmented_values(torch.unique(labels), unsegmented)
+    if values.numel() < 2:
         return merged
     regions = [labels == v for v in values]
-    means = torch.stack([feats[m].mean(dim=0) for m in regions])
-    means = F.normalize(means, dim=1)[1:]
+    means = F.normalize(torch.stack([feats[m].mean(dim=0) for m in regions]), dim=1)
     sim = torch.einsum("mc,nc->mn", means, means)
     dist = (sim.max() - sim).cpu().numpy()
     clusters = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(dist)
-    for region, cluster in zip(regions[1:], clusters.tolist()):
+    for region, cluster in zip(regions, clusters.tolist()):
         if cluster != -1:  # masks are taken before relabelling, so the order of updates does not matter
             merged[region] = cluster + MERGED_OFFSET
     return merged
 
 
-def region_scope_attention(feats: Tensor, labels: Tensor, tau: float = 4.0) -> Tensor:
+def region_scope_attention(feats: Tensor, labels: Tensor, tau: float = 4.0, unsegmented: str = "smallest") -> Tensor:
     """Scope + value reconstruction: VFM similarities restricted to regions (transformer.py lines 541-578).
 
     ``S = F F^T``. Token pair (i, j) is allowed when i and j lie in the same
@@ -119,17 +134,20 @@ def region_scope_attention(feats: Tensor, labels: Tensor, tau: float = 4.0) -> T
         labels: (N,) or (B, N) labels (or any shape with N elements per image),
             the merged ones on the VFM grid.
         tau: the temperature TAU.
+        unsegmented: ``'smallest'``: region 0 as above (the release's); ``'nonpositive'``:
+            the tokens labelled <= 0 take its place (none where masks cover the window).
 
     Returns:
         (N, N) or (B, N, N) attention weights, rows summing to 1.
     """
+    segmented_values(labels.new_zeros(0), unsegmented)  # checks the rule
     batched = feats.dim() == 3
     if not batched:
         feats = feats[None]
     labels = labels.reshape(feats.shape[:-1])
     sim = torch.einsum("bmc,bnc->bmn", feats, feats)
     mean = torch.stack([s.mean() for s in sim])[:, None, None]  # per image, as the release's loop
-    first = labels == labels.amin(dim=-1, keepdim=True)
+    first = labels == labels.amin(dim=-1, keepdim=True) if unsegmented == "smallest" else labels <= 0
     same = (labels[:, :, None] == labels[:, None, :]) & ~first[:, :, None]
     allowed = same | ((first[:, :, None] | first[:, None, :]) & (sim > mean))
     attn = (sim.masked_fill(~allowed, float("-inf")) * tau).softmax(dim=-1)
@@ -180,7 +198,7 @@ def spatial_layers(num_layers: int) -> tuple[int, ...]:
     return tuple(idx for idx in range(num_layers - 1) if num_layers - 2 - depth <= idx <= num_layers - 3)
 
 
-def vote_regions(pred: Tensor, instance_mask: Tensor) -> Tensor:
+def vote_regions(pred: Tensor, instance_mask: Tensor, unsegmented: str = "smallest") -> Tensor:
     """Map correction: each region takes its most frequent predicted class (``postprocess_result``, lines 216-222).
 
     Every distinct value of ``instance_mask`` but the smallest (read as
@@ -194,6 +212,8 @@ def vote_regions(pred: Tensor, instance_mask: Tensor) -> Tensor:
     Args:
         pred: (H, W) int64 class labels.
         instance_mask: (H, W) integer instance labels.
+        unsegmented: ``'smallest'`` (the release's) or ``'nonpositive'``: labels <= 0 are not
+            voted, every other one is (:func:`segmented_values`).
 
     Returns:
         (H, W) corrected labels (a new tensor).
@@ -201,7 +221,7 @@ def vote_regions(pred: Tensor, instance_mask: Tensor) -> Tensor:
     if pred.shape != instance_mask.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and instance_mask {tuple(instance_mask.shape)} differ in shape")
     out = pred.clone()
-    for value in torch.unique(instance_mask)[1:]:
+    for value in segmented_values(torch.unique(instance_mask), unsegmented):
         region = instance_mask == value
         out[region] = torch.mode(pred[region])[0]
     return out

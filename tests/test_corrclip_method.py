@@ -149,6 +149,22 @@ def test_corrclip_votes_each_region_to_its_majority():
     assert not np.array_equal(voted.labels.numpy(), plain.labels.numpy())
 
 
+def test_unsegmented_rule_nonpositive_keeps_every_region_of_covered_masks():
+    """Masks that cover the image (labels from 1): the release's rule reads the smallest as unsegmented, the
+    fix ('nonpositive') merges, scopes and votes it like any other region."""
+    covered = masks() + 1
+    release = corrclip(region_vote=False)([image()], region_masks=[covered])[0]
+    fixed = corrclip(region_vote=False, unsegmented="nonpositive")([image()], region_masks=[covered])[0]
+    assert not torch.allclose(release.probs, fixed.probs)  # the pass reads the rule
+    voted = corrclip(unsegmented="nonpositive")([image()], region_masks=[covered])[0]
+    everywhere = majority(fixed.labels.numpy(), np.where(covered == covered.min(), 0, covered))
+    everywhere[covered == covered.min()] = majority(fixed.labels.numpy(), (covered == covered.min()).astype(int))[
+        covered == covered.min()]
+    assert np.array_equal(voted.labels.numpy(), everywhere)
+    for value in np.unique(covered):
+        assert len(np.unique(voted.labels.numpy()[covered == value])) == 1
+
+
 def test_any_method_may_vote_with_given_masks():
     model = CASSModel(tiny_clip(), None, Vocabulary.from_classes(CLASSES),
                       CASSConfig.from_keys(dict(method="sclip", slide_crop=0, precision="fp32", region_vote=True)),

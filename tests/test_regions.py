@@ -58,11 +58,18 @@ def clustered_feats(labels: torch.Tensor, groups: dict[int, int], c=8, noise=0.0
     return F.normalize(feats, dim=-1)
 
 
-def merge_loop(labels: torch.Tensor, feats: torch.Tensor, eps=0.2, min_samples=1) -> list[list[int]]:
+def unsegmented_loop(value: int, values: list[int], rule: str) -> bool:
+    """Whether ``value`` reads "unsegmented" among the map's ``values``: the smallest (the release), or <= 0."""
+    return value == min(values) if rule == "smallest" else value <= 0
+
+
+def merge_loop(labels: torch.Tensor, feats: torch.Tensor, eps=0.2, min_samples=1,
+               unsegmented="smallest") -> list[list[int]]:
     lab = labels.tolist()
     h, w = len(lab), len(lab[0])
-    values = sorted({v for row in lab for v in row})
-    if len(values) <= 2:
+    present = sorted({v for row in lab for v in row})
+    values = [v for v in present if not unsegmented_loop(v, present, unsegmented)]
+    if len(values) < 2:
         return lab
     means = []
     for v in values:
@@ -74,12 +81,11 @@ def merge_loop(labels: torch.Tensor, feats: torch.Tensor, eps=0.2, min_samples=1
                     n += 1
         norm = math.sqrt(sum((a / n) ** 2 for a in acc))
         means.append([a / n / norm for a in acc])
-    means = means[1:]  # the smallest label is "unsegmented"
     sim = [[sum(a * b for a, b in zip(p, q)) for q in means] for p in means]
     top = max(max(row) for row in sim)
     dist = np.array([[top - s for s in row] for row in sim])
     clusters = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(dist)
-    relabel = {v: int(k) + 10000 for v, k in zip(values[1:], clusters) if k != -1}
+    relabel = {v: int(k) + 10000 for v, k in zip(values, clusters) if k != -1}
     return [[relabel.get(v, v) for v in row] for row in lab]
 
 
@@ -165,18 +171,18 @@ def test_merge_regions_padding_label_collides_with_cluster_zero():
 
 
 # ---------------------------------------------------------------------------- region_scope_attention
-def scope_loop(feats: torch.Tensor, labels: list[int], tau=4.0) -> torch.Tensor:
+def scope_loop(feats: torch.Tensor, labels: list[int], tau=4.0, unsegmented="smallest") -> torch.Tensor:
     n = len(labels)
     sim = [[sum(float(a) * float(b) for a, b in zip(feats[i], feats[j])) for j in range(n)] for i in range(n)]
     mean = sum(map(sum, sim)) / n**2
-    first = min(labels)
+    free = [unsegmented_loop(v, labels, unsegmented) for v in labels]
     out = torch.zeros(n, n, dtype=torch.float64)
     for i in range(n):
         logits = {}
         for j in range(n):
-            if labels[i] == labels[j] != first:
+            if labels[i] == labels[j] and not free[i]:
                 logits[j] = tau * sim[i][j]
-            elif (labels[i] == first or labels[j] == first) and sim[i][j] > mean:
+            elif (free[i] or free[j]) and sim[i][j] > mean:
                 logits[j] = tau * sim[i][j]
         z = sum(math.exp(v) for v in logits.values())
         for j, v in logits.items():
@@ -258,11 +264,12 @@ def mode_loop(values: list[int]) -> int:
     return min(v for v, c in counts.items() if c == top)  # ties: the smallest class
 
 
-def vote_loop(pred: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+def vote_loop(pred: torch.Tensor, mask: torch.Tensor, unsegmented="smallest") -> list[list[int]]:
     p, m = pred.tolist(), mask.tolist()
     h, w = len(p), len(p[0])
     out = [row[:] for row in p]
-    for v in sorted({x for row in m for x in row})[1:]:
+    present = sorted({x for row in m for x in row})
+    for v in [v for v in present if not unsegmented_loop(v, present, unsegmented)]:
         winner = mode_loop([p[i][j] for i in range(h) for j in range(w) if m[i][j] == v])
         for i in range(h):
             for j in range(w):
@@ -313,3 +320,45 @@ def test_release_pad_matches_loop_and_round_trips(h, w, multiple):
     assert padded.shape[-2] % multiple == 0 and padded.shape[-1] % multiple == 0
     l, t = pad[0], pad[2]
     assert torch.equal(padded[..., t:t + h, l:l + w], img)
+
+
+# ------------------------------------------------------------------ the 'nonpositive' rule (the fix)
+@pytest.mark.parametrize("values, seed", [([1, 2, 3, 4, 5], 0), ([-1, 0, 3, 4, 6], 1), ([2, 7], 2), ([0, 5], 3)])
+def test_merge_regions_nonpositive_rule_matches_loop(values, seed):
+    labels = random_labels((9, 10), values, seed=seed)
+    groups = {v: i % 2 for i, v in enumerate(values)}
+    feats = clustered_feats(labels, groups, seed=seed)
+    out = regions.merge_regions(labels, feats, unsegmented="nonpositive")
+    assert out.tolist() == merge_loop(labels, feats, unsegmented="nonpositive")
+    assert (out[labels <= 0] == labels[labels <= 0]).all()
+    if min(values) > 0:  # a covered map: every region is merged, the smallest too (the release leaves it)
+        assert (out >= 10000).all()
+        assert (regions.merge_regions(labels, feats)[labels == min(values)] == min(values)).all()
+
+
+@pytest.mark.parametrize("values, seed", [([1, 2, 3], 0), ([-1, 0, 4, 10000], 1), ([3, 3, 8], 2), ([0, 2], 3)])
+def test_region_scope_attention_nonpositive_rule_matches_loop(values, seed):
+    g = torch.Generator().manual_seed(seed)
+    labels = random_labels((24,), values, seed=seed)
+    feats = F.normalize(torch.randn(24, 6, generator=g, dtype=torch.float64), dim=-1)
+    attn = regions.region_scope_attention(feats, labels, unsegmented="nonpositive")
+    torch.testing.assert_close(attn, scope_loop(feats, labels.tolist(), unsegmented="nonpositive"),
+                               atol=1e-12, rtol=1e-9)
+    if min(values) > 0:  # covered: every token attends within its own region only
+        assert (attn[labels[:, None] != labels[None, :]] == 0).all()
+
+
+@pytest.mark.parametrize("mask_values, seed", [([1, 2, 3], 0), ([-1, 0, 4], 1), ([5], 2), ([0, 9], 3)])
+def test_vote_regions_nonpositive_rule_matches_loop(mask_values, seed):
+    pred = random_labels((7, 9), [0, 1, 2, 3], seed=seed + 10)
+    mask = random_labels((7, 9), mask_values, seed=seed).int()
+    out = regions.vote_regions(pred, mask, unsegmented="nonpositive")
+    assert out.tolist() == vote_loop(pred, mask, unsegmented="nonpositive")
+    assert out[mask <= 0].tolist() == pred[mask <= 0].tolist()
+    if min(mask_values) > 0:  # covered: every region takes one class
+        assert all(len(set(out[mask == v].tolist())) == 1 for v in mask_values)
+
+
+def test_unknown_unsegmented_rule_is_one_line():
+    with pytest.raises(ValueError, match="unsegmented must be one of smallest, nonpositive, got 'zero'"):
+        regions.vote_regions(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long), "zero")

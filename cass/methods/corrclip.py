@@ -149,9 +149,10 @@ def window_features(ctx, crop: Tensor, labels: Tensor) -> tuple[Tensor, tuple[in
         feats = feats[0].float()
     with stage("regions"):
         vfm_labels = labels_on_grid(labels, vfm_grid)
+        rule = ctx.config.regions.unsegmented
         vfm_labels = merge_regions(vfm_labels, feats.reshape(*vfm_grid, -1), settings.region_eps,
-                                   settings.region_min_samples)
-        attn = region_scope_attention(feats, vfm_labels.flatten(), settings.region_tau)
+                                   settings.region_min_samples, rule)
+        attn = region_scope_attention(feats, vfm_labels.flatten(), settings.region_tau, rule)
     with stage("clip"), ctx.tf32("clip"):
         x, grid = clip_vit.embed(visual, crop[None])
         regions, blocked = region_token_mask(labels_on_grid(vfm_labels, grid))
