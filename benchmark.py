@@ -529,7 +529,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_weights_arguments(parser, random_default=True, old_names=OLD_WEIGHTS_FLAGS)
     parser.add_argument("--protocol", choices=PROTOCOL_NAMES, default="cass",
                         help="'published': the method's published settings for the config's benchmark "
-                             "(windows, thresholds, VFM; cass.protocols.cfg_options) before --cfg-options; "
+                             "(windows, thresholds, VFM, class file; cass.protocols.cfg_options) before --cfg-options; "
                              "the image size stays --size (default: cass, the config's settings)")
     parser.add_argument("--tiny", action="store_true", help="tiny random models (tests, smoke runs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and images (default: 0)")
@@ -560,8 +560,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--protocol published: {benchmark} is not a benchmark config ({', '.join(BENCHMARKS)})")
         method = options.get("model.method", model_keys(load_config(args.config)).get("method", "cass"))
         published = dict(option.split("=", 1) for option in cfg_options(method, benchmark, "published"))
-        published = {key: literal(value) for key, value in published.items()
-                     if key.startswith("model.") and key != "model.name_path"}
+        published = {key: literal(value) for key, value in published.items() if key.startswith("model.")}
         options = {**published, **options}
     args.model_keys = model_keys(load_config(args.config, options))
     method = args.model_keys.get("method", "cass")

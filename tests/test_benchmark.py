@@ -247,6 +247,20 @@ def test_cfg_options_take_the_model_form(capsys):
         assert capsys.readouterr().err.splitlines()[-1] == f"benchmark.py: error: {message}"
 
 
+def test_published_protocol_takes_the_methods_settings_and_class_file():
+    """--protocol published: the method's windows, VFM, mask settings and its own class file, as eval.py
+    applies them; --cfg-options still win."""
+    from cass.benchmarks import CONFIGS_DIR
+
+    args = benchmark.parse_args(["--method", "corrclip", "--protocol", "published",
+                                 "--cfg-options", "model.points_per_side=8"])
+    keys = args.model_keys
+    assert (keys["slide_crop"], keys["slide_stride"], keys["mask_generator"]) == (336, 112, "sam2")
+    assert keys["points_per_side"] == 8 and args.vfm == "dino_vitb8"
+    assert Path(keys["name_path"]) == CONFIGS_DIR / "corrclip" / "cls_ade20k.txt"
+    assert benchmark.vocabulary(None, keys["name_path"])[1] == keys["name_path"]
+
+
 def test_unknown_setting_fails_before_the_towers(monkeypatch, capsys):
     monkeypatch.setattr(benchmark, "random_openai_clip", lambda *a: pytest.fail("a tower was built"))
     assert benchmark.main(["--tiny", "--cfg-options", "model.slide_crops=0"]) == 1
