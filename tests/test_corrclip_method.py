@@ -165,6 +165,17 @@ def test_unsegmented_rule_nonpositive_keeps_every_region_of_covered_masks():
         assert len(np.unique(voted.labels.numpy()[covered == value])) == 1
 
 
+def test_an_image_without_masks_runs_as_released():
+    """No mask passed the generator's thresholds (all 0, what SAM2's stacking gives): one unsegmented region;
+    CorrCLIP runs on (no merge, every token attends where the VFM similarity beats the mean, one region
+    token), finite, and the vote changes nothing."""
+    empty = np.zeros((64, 96), np.int64)
+    plain = corrclip(region_vote=False)([image()], region_masks=[empty])[0]
+    voted = corrclip()([image()], region_masks=[empty])[0]
+    assert torch.isfinite(plain.probs).all()
+    assert torch.equal(voted.labels, plain.labels) and torch.equal(voted.probs, plain.probs)
+
+
 def test_any_method_may_vote_with_given_masks():
     model = CASSModel(tiny_clip(), None, Vocabulary.from_classes(CLASSES),
                       CASSConfig.from_keys(dict(method="sclip", slide_crop=0, precision="fp32", region_vote=True)),
