@@ -544,3 +544,6 @@ def test_sam2_masks_take_the_mask_path_flag(weights_dir, tmp_path, photo_file):
                    "not a readable SAM2 checkpoint")
     one_line_error(lambda: engine.run(request(photo_file, masks="sam3")), "unknown region masks 'sam3'",
                    error=KeyError)
+    # another SAM2 model: its release file, not in the (empty) weights cache, and no network
+    message = one_line_error(lambda: engine.run(request(photo_file, masks="sam2_hiera_tiny")), "sam2_hiera_tiny.pt")
+    assert str(broken) not in message
