@@ -127,7 +127,8 @@ def build_page(engine: Engine) -> gr.Blocks:
     def segment(image: dict | None, classes: str, method: str, clip: str, vfm: str, preset: str, prob_thd: float,
                 pamr: bool, masks: str, progress: gr.Progress = gr.Progress()) -> tuple:
         # preprocess=False: the image arrives as Gradio's file record and is read by cass (one-line errors)
-        cleared = (None, "", None, gr.update(choices=[], value=None), None, "", None, None)
+        cleared = (None, "", gr.update(value=None, visible=False), gr.update(choices=[], value=None), None, "", None,
+                   None)
         if not image or not image.get("path"):
             return status_html("no image: upload one, paste one, use the webcam or pick an example", True), *cleared
         path = image["path"]
@@ -143,7 +144,8 @@ def build_page(engine: Engine) -> gr.Blocks:
         except Exception as err:  # noqa: BLE001 - any failure is one line in the page; the server goes on
             return status_html(user_message(err, {path: name}), True), *cleared
         state = dict(probs=probs_file, image=path, name=name, classes=names)
-        return (status_html(outcome.summary), outcome.picture, legend_html(outcome.legend), outcome.regions,
+        regions = gr.update(value=outcome.regions, visible=outcome.regions is not None)  # shown with masks only
+        return (status_html(outcome.summary), outcome.picture, legend_html(outcome.legend), regions,
                 gr.update(choices=names, value=top), heat, status_html(heat_line), [str(f) for f in outcome.files],
                 state)
 
@@ -204,7 +206,7 @@ def build_page(engine: Engine) -> gr.Blocks:
                 overlay = gr.Image(label="Overlay", format="png", interactive=False, elem_id="overlay", height=360)
                 legend = gr.HTML(elem_id="legend")
                 regions = gr.Image(label="Region masks (uncovered pixels in grey)", format="png", interactive=False,
-                                   elem_id="regions", height=360)
+                                   elem_id="regions", height=360, visible=False)
                 heat_class = gr.Dropdown(label="Probability of", choices=[], value=None, elem_id="heatmap-class")
                 heat = gr.Image(label="Heat map (inferno: 0 black, 1 yellow)", format="png", interactive=False,
                                 elem_id="heatmap", height=360)

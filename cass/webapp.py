@@ -15,8 +15,8 @@ what a page serving many people needs around it, and imports no Gradio:
   at a time, the others wait first come, first served and are told their
   place; the least recently used models are dropped beyond ``max_models``;
 * :func:`mask_menu`: the region-mask generators offered (:mod:`cass.masks`):
-  none, SAM2's four models, Felzenszwalb superpixels, Mask2Former where
-  ``transformers`` is installed; CorrCLIP needs one, any other method votes
+  none, SAM2's four models, Felzenszwalb superpixels, Mask2Former and EoMT
+  where ``transformers`` provides them; CorrCLIP needs one, any other method votes
   each region to its majority class when one is chosen;
 * :class:`Engine`: a request (image file, class text, method, backbones,
   benchmark preset, threshold, PAMR, region masks) in, the overlay, legend,
@@ -198,7 +198,7 @@ SAM2_TITLES = {"sam2_hiera_large": "Hiera-L", "sam2_hiera_base_plus": "Hiera-B+"
 def mask_menu() -> dict[str, str]:
     """The region-mask choices of the page, value -> label: none; each SAM2 model (its release file
     downloaded once into the weights cache, or ``--mask-path`` for the config's ``mask_model``);
-    Felzenszwalb superpixels (no weights); Mask2Former where ``transformers`` is installed; and any
+    Felzenszwalb superpixels (no weights); Mask2Former and EoMT where ``transformers`` provides them; and any
     other registered generator but ``files``, which finds masks by an image's file name."""
     import importlib.util
 
@@ -210,6 +210,8 @@ def mask_menu() -> dict[str, str]:
     menu["felzenszwalb"] = "Felzenszwalb superpixels (scikit-image, no weights)"
     if importlib.util.find_spec("transformers") is not None:
         menu["mask2former"] = "Mask2Former Swin-L, COCO panoptic (transformers)"
+        if importlib.util.find_spec("transformers.models.eomt") is not None:
+            menu["eomt"] = "EoMT-L 640, COCO panoptic (transformers)"
     menu.update({name: name for name in MASK_GENERATORS if name not in ("sam2", "files", *menu)})
     return menu
 

@@ -37,6 +37,7 @@ MASK_GENERATORS: dict[str, Callable[..., MaskGenerator] | str] = {
     "sam2": "cass.masks.sam2_masks:SAM2Masks",
     "files": "cass.masks.files:FileMasks",
     "mask2former": "cass.masks.mask2former:Mask2FormerMasks",
+    "eomt": "cass.masks.eomt:EoMTMasks",
     "felzenszwalb": "cass.masks.superpixels:FelzenszwalbMasks",
 }
 
