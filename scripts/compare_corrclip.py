@@ -50,6 +50,8 @@ MIRRORS = Path("/work/.mirror")
 # family -> benchmark config (the published protocol of CorrCLIP's entry)
 FAMILIES = {"voc21": "cfg_voc21", "pc59": "cfg_context59", "cityscapes": "cfg_city_scapes", "ade20k": "cfg_ade20k"}
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+# SAM2AutomaticMaskGenerator arguments --sam2-set may change on both sides (ones the release's call does not set)
+SAM2_STRESS = {"box_nms_thresh": float}
 
 
 def class_list(config: str, count: int, synonyms: int = 4) -> list[list[str]]:
@@ -93,7 +95,7 @@ def published(config: str, settings: dict) -> dict:
 
 
 def compare(released: Path, dino: Path, families: Sequence[str], photos: Sequence[str], classes: int, work: Path,
-            settings: dict, sam2: bool = False) -> list[dict]:
+            settings: dict, sam2: bool = False, sam2_settings: dict | None = None) -> list[dict]:
     import torch
 
     from cass.bench.corrclip_release import run_release
@@ -109,7 +111,8 @@ def compare(released: Path, dino: Path, families: Sequence[str], photos: Sequenc
         from cass.masks.random_sam2 import write_random_sam2
 
         sam2_file = write_random_sam2(work / "weights" / "sam2_hiera_large.pt", "sam2_hiera_large")
-        generator = build_mask_generator("sam2", model="sam2_hiera_large", checkpoint=str(sam2_file), device="cpu")
+        generator = build_mask_generator("sam2", model="sam2_hiera_large", checkpoint=str(sam2_file), device="cpu",
+                                         **(sam2_settings or {}))
     rows = []
     for family in families:
         config = FAMILIES[family]
@@ -124,6 +127,7 @@ def compare(released: Path, dino: Path, families: Sequence[str], photos: Sequenc
             mask = region_masks(rgb) if generator is None else generator(rgb)
             theirs = run_release(released, work / f"released_{family}_{name}", clip_file, dino_file,
                                  [list(n) for n in names], rgb, None if sam2 else mask, sam2_checkpoint=sam2_file,
+                                 sam2_settings=sam2_settings,
                                  dino_repo=dino, model_type="ViT-B-16-quickgelu",
                                  slide_crop=keys["slide_crop"], slide_stride=keys["slide_stride"],
                                  logit_scale=keys["logit_scale"], prob_thd=keys["prob_thd"], name=name,
@@ -137,7 +141,8 @@ def compare(released: Path, dino: Path, families: Sequence[str], photos: Sequenc
             before = agreement(dict(probs=plain.probs.numpy(), labels=plain.labels.numpy()),
                                dict(probs=theirs["probs"], labels=theirs["labels_prevote"]))
             same_masks = float((np.asarray(mask) == theirs["instance_mask"]).mean())
-            rows.append(dict(family=family, photo=name, masks="SAM2 live" if sam2 else "given",
+            live = "SAM2 live" + "".join(f", {k}={v}" for k, v in (sam2_settings or {}).items())
+            rows.append(dict(family=family, photo=name, masks=live if sam2 else "given",
                              same_masks=same_masks, size=list(rgb.shape[:2]), regions=int(len(np.unique(mask))),
                              queries=len(model.vocabulary.queries), **agreement(ours, theirs),
                              label_agreement_before_vote=before["label_agreement"]))
@@ -172,6 +177,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sam2", action="store_true",
                         help="masks generated live by SAM2 on both sides (random Hiera-L weights, 0.9 GB; about "
                              "40 s an image and side on a CPU) instead of given")
+    parser.add_argument("--sam2-set", nargs="+", default=[], metavar="KEY=VALUE", dest="sam2_settings",
+                        help="with --sam2: SAM2AutomaticMaskGenerator arguments changed on both sides, a stress "
+                             "setting, not the release's (box_nms_thresh=1.0 keeps the overlapping masks of "
+                             "random weights: many regions)")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     parser.add_argument("--keep", type=Path, help="keep the work folder (weights, inputs, outputs) here")
     args = parser.parse_args(argv)
@@ -185,13 +194,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          "slide_stride")
         settings[key] = float(value) if key in ("prob_thd", "logit_scale") else int(value)
     args.settings = settings
+    if args.sam2_settings and not args.sam2:
+        parser.error("--sam2-set needs --sam2")
+    sam2_settings = {}
+    for item in args.sam2_settings:
+        key, sep, value = item.partition("=")
+        if not sep or key not in SAM2_STRESS:
+            parser.error(f"--sam2-set: {item!r} is not KEY=VALUE with KEY one of {', '.join(SAM2_STRESS)}")
+        sam2_settings[key] = SAM2_STRESS[key](value)
+    args.sam2_settings = sam2_settings
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     return run_comparison("compare_corrclip.py", lambda work: compare(
-        args.released, args.dino, args.families, args.photos, args.classes, work, args.settings, args.sam2),
+        args.released, args.dino, args.families, args.photos, args.classes, work, args.settings, args.sam2,
+        args.sam2_settings),
         format_table, args.keep, args.json, argv)
 
 

@@ -152,6 +152,16 @@ def test_the_release_is_the_known_version(tmp_path):
     assert cr.release_scale(tmp_path / "copy", "cfg_ade20k") == (2048, 448)
 
 
+@needs_release
+def test_sam2_stress_settings_reach_the_releases_generator(tmp_path):
+    """compare_corrclip.py --sam2-set: an argument the release's SAM2AutomaticMaskGenerator call does not set is
+    added to it, once, and the patched module still compiles."""
+    cr.prepare_release(RELEASED, tmp_path / "copy", {"box_nms_thresh": 1.0})
+    text = (tmp_path / "copy" / cr.SEGMENTOR).read_text()
+    assert text.count("box_nms_thresh") == 1 and "multimask_output=False, box_nms_thresh=1.0," in text
+    compile(text, cr.SEGMENTOR, "exec")
+
+
 def photo() -> np.ndarray:
     import cv2
     from skimage import data

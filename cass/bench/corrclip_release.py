@@ -132,7 +132,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +149,7 @@ DINO_HUB_FILES = {"dino_vitb8": "dino_vitbase8_pretrain.pth", "dino_vits8": "din
 SAM2_CHECKPOINT = "sam2_hiera_large.pt"  # the relative path the release's set_mask_generator('sam2') loads
 SAM2_CONFIG = "sam2_hiera_l.yaml"
 MASK_PAD_LABEL = 10000  # the release's label of padded mask pixels (and DBSCAN's cluster offset)
+SAM2_GENERATOR_END = "multimask_output=False,"  # the last argument of the release's SAM2AutomaticMaskGenerator(...)
 
 # float32 on the CPU without transformers (module docstring)
 CPU_PATCHES = {
@@ -204,12 +205,18 @@ OUTPUT_KEYS = {
 
 
 # ---------------------------------------------------------------------------- the released copy
-def prepare_release(source: Path, target: Path) -> str:
+def prepare_release(source: Path, target: Path, sam2_settings: Mapping[str, object] | None = None) -> str:
     """``source``'s ``CorrCLIPv1`` exported to ``target`` with :data:`CPU_PATCHES` applied, after
-    checking :data:`EXPECTED`; returns the commit ('' when unknown)."""
+    checking :data:`EXPECTED`; returns the commit ('' when unknown). ``sam2_settings``: extra
+    ``SAM2AutomaticMaskGenerator`` arguments the release's call does not set, added to it (a
+    comparison's stress setting, e.g. ``box_nms_thresh=1.0``, given to both sides; not the release's)."""
     commit = export_folder(Path(source), Path(target), FOLDER, SEGMENTOR)
     check_expected(Path(source), Path(target), EXPECTED, FOLDER)
-    apply_patches(Path(source) / FOLDER, Path(target), CPU_PATCHES)
+    patches = {name: list(replacements) for name, replacements in CPU_PATCHES.items()}
+    if sam2_settings:
+        extra = "".join(f" {key}={value!r}," for key, value in sam2_settings.items())
+        patches[SEGMENTOR].append((SAM2_GENERATOR_END, SAM2_GENERATOR_END + extra))
+    apply_patches(Path(source) / FOLDER, Path(target), patches)
     return commit
 
 
@@ -428,7 +435,8 @@ def write_random_sam2(release: Path, path: Path, work: Path | None = None, seed:
 
 def run_release(release: Path, work: Path, clip_weights: Path, dino_weights: Path,
                 classes: Sequence[str | Sequence[str]] | Path, image: np.ndarray, mask: np.ndarray | None = None, *,
-                sam2_checkpoint: Path | None = None, dino_repo: Path = DEFAULT_DINO_MIRROR,
+                sam2_checkpoint: Path | None = None, sam2_settings: Mapping[str, object] | None = None,
+                dino_repo: Path = DEFAULT_DINO_MIRROR,
                 model_type: str = "ViT-B-16-quickgelu", dino_type: str = "dino_vitb8", slide_crop: int = 336,
                 slide_stride: int = 112, logit_scale: float = 40, prob_thd: float = 0.0,
                 scale: tuple[int, int] | None = None, name: str = "photo", out: Path | None = None,
@@ -444,7 +452,8 @@ def run_release(release: Path, work: Path, clip_weights: Path, dino_weights: Pat
     sequence of strings is a class's synonyms) or a class file in the release's format.
     ``image``: (H, W, 3) uint8 RGB. ``mask``: (H, W) integer instance mask (the smallest value is
     the unsegmented region; values below 10000), or None with ``sam2_checkpoint`` (a SAM2 Hiera-L
-    checkpoint, Meta's format) for the release's live SAM2 masks (``mask_generator='sam2'``).
+    checkpoint, Meta's format) for the release's live SAM2 masks (``mask_generator='sam2'``), with
+    ``sam2_settings`` added to its generator's arguments (:func:`prepare_release`).
     ``scale``: the release config's ``Resize`` scale (keep ratio) applied by the mmseg pipeline;
     None: the photo is the input as it is. The other settings are ``CorrCLIPSegmentation``'s.
     """
@@ -466,7 +475,7 @@ def run_release(release: Path, work: Path, clip_weights: Path, dino_weights: Pat
     work = Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     copy = work / "release"
-    commit = prepare_release(Path(release), copy)
+    commit = prepare_release(Path(release), copy, sam2_settings if mask is None else None)
     prepare_hub(Path(dino_repo), work / "torch_home", Path(dino_weights), dino_type)
 
     import cv2
@@ -492,6 +501,7 @@ def run_release(release: Path, work: Path, clip_weights: Path, dino_weights: Pat
                 dino_type=dino_type, name_path=str(name_path), prob_thd=float(prob_thd),
                 logit_scale=float(logit_scale), slide_stride=int(slide_stride), slide_crop=int(slide_crop),
                 instance_mask_path=str(masks_dir), mask_generator=None if mask is not None else "sam2",
+                sam2_settings=dict(sam2_settings or {}) if mask is None else {},
                 image=str(image_path), scale=list(scale) if scale else None, threads=threads, out=str(out))
     (work / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
     (work / "run_release.py").write_text(RUNNER)
