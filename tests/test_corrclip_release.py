@@ -277,3 +277,16 @@ def test_release_with_live_sam2_masks(weights, tmp_path):  # pragma: no cover - 
         region = mask == value
         counts = np.bincount(prevote[region], minlength=3)
         assert len(np.unique(labels[region])) == 1 and counts[labels[region][0]] == counts.max()
+
+
+def test_compare_script_sam2_stress_flags(capsys):
+    from conftest import load_script
+
+    script = load_script("scripts/compare_corrclip.py", "compare_corrclip")
+    args = script.parse_args(["--sam2", "--sam2-set", "box_nms_thresh=1.0"])
+    assert args.sam2_settings == {"box_nms_thresh": 1.0}
+    for argv, message in [(["--sam2-set", "box_nms_thresh=1.0"], "--sam2-set needs --sam2"),
+                          (["--sam2", "--sam2-set", "points_per_side=32"], "KEY one of box_nms_thresh")]:
+        with pytest.raises(SystemExit):
+            script.parse_args(argv)
+        assert message in capsys.readouterr().err
