@@ -48,24 +48,21 @@ missing.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
-from ..weights import WeightsError
 from .labels import as_label_map, check_image
+from .runtime import half_autocast, load_pretrained, pretrained_identity, resolve_device, runs_half
 
 RELEASE_MODEL = "tue-mps/coco_panoptic_eomt_large_640"
 COCO_STUFF_CLASSES = tuple(range(80, 133))  # eomt/configs/coco/panoptic/eomt_large_640.yaml
-PRECISIONS = ("auto", "float16", "float32")
 
 
 def _transformers():
@@ -155,32 +152,20 @@ class EoMTMasks:
     _loaded: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"mask generator 'eomt': precision {self.precision!r} is not one of "
-                              f"{', '.join(PRECISIONS)}")
+        self.device = resolve_device("eomt", self.device, self.precision)
         try:
             self.stuff_classes = tuple(int(c) for c in self.stuff_classes)
         except (TypeError, ValueError):
             raise ConfigError(f"mask generator 'eomt': stuff_classes must be class ids, not "
                               f"{self.stuff_classes!r}") from None
-        if self.device is None:
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.precision == "float16" and torch.device(self.device).type != "cuda":
-            raise ConfigError(f"mask generator 'eomt': precision float16 needs a CUDA device, not {self.device!r}")
         _transformers()  # a missing package is said when the generator is built
 
     @property
     def half(self) -> bool:
-        return self.precision == "float16" or (self.precision == "auto" and torch.device(self.device).type == "cuda")
+        return runs_half(self.device, self.precision)
 
     def settings_key(self) -> str:
-        folder = Path(self.model).expanduser()
-        if folder.is_dir():  # a local model: its files' sizes and times stand for its weights
-            files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file())
-            model = [str(folder.resolve()), files]
-        else:
-            model = self.model
-        settings = dict(model=model, threshold=self.threshold, mask_threshold=self.mask_threshold,
+        settings = dict(model=pretrained_identity(self.model), threshold=self.threshold, mask_threshold=self.mask_threshold,
                         overlap_threshold=self.overlap_threshold, stuff_classes=list(self.stuff_classes),
                         precision="float16" if self.half else "float32")
         return "eomt " + json.dumps(settings, sort_keys=True)
@@ -189,14 +174,8 @@ class EoMTMasks:
         """(model, input size (h, w), mean, std), loaded on first use; the model without masked attention."""
         if self._loaded is None:
             processor_class, model_class = _transformers()
-            try:
-                processor = processor_class.from_pretrained(self.model)
-                model = model_class.from_pretrained(self.model)
-            except (OSError, ValueError) as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-                raise WeightsError(f"cannot load EoMT {self.model!r} ({type(err).__name__}: {first}); "
-                                   "give a hub id that is reachable or cached, or a folder written by "
-                                   "save_pretrained") from None
+            processor, model = load_pretrained("EoMT", self.model, lambda: (
+                processor_class.from_pretrained(self.model), model_class.from_pretrained(self.model)))
             with torch.no_grad():  # the release's network: masked_attn_enabled=False
                 model.attn_mask_probs.zero_()
             size = model.config.image_size
@@ -209,8 +188,7 @@ class EoMTMasks:
     def __call__(self, image: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
         h, w = check_image(image)
         model, size, mean, std = self.load()
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.half else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:  # the release runs all of it under autocast
+        with torch.inference_mode(), half_autocast(self.half):  # the release runs all of it under autocast
             pixels = resize_and_pad(image, size)[None].to(self.device)
             outputs = model(pixel_values=(pixels / 255.0 - mean) / std)
             mask_logits = F.interpolate(outputs.masks_queries_logits, size, mode="bilinear")

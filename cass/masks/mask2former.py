@@ -12,21 +12,17 @@ transformers``); the generator says so in one line when it is missing.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import ConfigError
-from ..weights import WeightsError
 from .labels import as_label_map, check_image
+from .runtime import half_autocast, load_pretrained, pretrained_identity, resolve_device, runs_half
 
 RELEASE_MODEL = "facebook/mask2former-swin-large-coco-panoptic"
-PRECISIONS = ("auto", "float16", "float32")
 
 
 def _numpy_processor() -> dict:
@@ -71,28 +67,15 @@ class Mask2FormerMasks:
     _loaded: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"mask generator 'mask2former': precision {self.precision!r} is not one of "
-                              f"{', '.join(PRECISIONS)}")
-        if self.device is None:
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.precision == "float16" and torch.device(self.device).type != "cuda":
-            raise ConfigError(f"mask generator 'mask2former': precision float16 needs a CUDA device, "
-                              f"not {self.device!r}")
+        self.device = resolve_device("mask2former", self.device, self.precision)
         _transformers()  # a missing package is said when the generator is built
 
     @property
     def half(self) -> bool:
-        return self.precision == "float16" or (self.precision == "auto" and torch.device(self.device).type == "cuda")
+        return runs_half(self.device, self.precision)
 
     def settings_key(self) -> str:
-        folder = Path(self.model).expanduser()
-        if folder.is_dir():  # a local model: its files' sizes and times stand for its weights
-            files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file())
-            model = [str(folder.resolve()), files]
-        else:
-            model = self.model
-        settings = dict(model=model, threshold=self.threshold, mask_threshold=self.mask_threshold,
+        settings = dict(model=pretrained_identity(self.model), threshold=self.threshold, mask_threshold=self.mask_threshold,
                         overlap_mask_area_threshold=self.overlap_mask_area_threshold,
                         precision="float16" if self.half else "float32")
         return "mask2former " + json.dumps(settings, sort_keys=True)
@@ -101,14 +84,9 @@ class Mask2FormerMasks:
         """(image processor, model), loaded on first use."""
         if self._loaded is None:
             processor_class, model_class = _transformers()
-            try:
-                processor = processor_class.from_pretrained(self.model, **_numpy_processor())
-                model = model_class.from_pretrained(self.model)
-            except (OSError, ValueError) as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-                raise WeightsError(f"cannot load Mask2Former {self.model!r} ({type(err).__name__}: {first}); "
-                                   "give a hub id that is reachable or cached, or a folder written by "
-                                   "save_pretrained") from None
+            processor, model = load_pretrained("Mask2Former", self.model, lambda: (
+                processor_class.from_pretrained(self.model, **_numpy_processor()),
+                model_class.from_pretrained(self.model)))
             self._loaded = processor, model.to(self.device).eval()
         return self._loaded
 
@@ -118,8 +96,7 @@ class Mask2FormerMasks:
         h, w = check_image(image)
         processor, model = self.load()
         inputs = processor(Image.fromarray(image), return_tensors="pt").to(self.device)
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.half else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), half_autocast(self.half):
             outputs = model(**inputs)
         result = processor.post_process_panoptic_segmentation(
             outputs, threshold=self.threshold, mask_threshold=self.mask_threshold,

@@ -17,7 +17,6 @@ one-line :class:`cass.weights.WeightsError` naming it.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from torch import nn
 from ..config import ConfigError
 from ..weights import WeightsError, _fetch_public, _local_file, _mismatch
 from .labels import _paint_by_area, check_image
+from .runtime import half_autocast, resolve_device, runs_half
 
 
 class SAM2Spec(NamedTuple):
@@ -53,7 +53,6 @@ SAM2_MODELS: dict[str, SAM2Spec] = {
 }
 # CorrCLIP's SAM2AutomaticMaskGenerator arguments (the rest are sam2's defaults)
 RELEASE_SETTINGS = dict(points_per_side=8, pred_iou_thresh=0.4, stability_score_thresh=0.4, multimask_output=False)
-PRECISIONS = ("auto", "float16", "float32")
 INSTALL_HINT = ("SAM2_BUILD_CUDA=0 pip install --no-build-isolation --no-deps sam2==1.1.0 && "
                 "pip install hydra-core iopath (bash scripts/setup.sh does it)")
 
@@ -168,21 +167,15 @@ class SAM2Masks:
 
     def __post_init__(self) -> None:
         _spec(self.model)
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"mask generator 'sam2': precision {self.precision!r} is not one of "
-                              f"{', '.join(PRECISIONS)}")
+        self.device = resolve_device("sam2", self.device, self.precision)
         self.overrides = tuple(self.overrides)
-        if self.device is None:
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.precision == "float16" and torch.device(self.device).type != "cuda":
-            raise ConfigError(f"mask generator 'sam2': precision float16 needs a CUDA device, not {self.device!r}")
         if self.checkpoint is not None:
             self.checkpoint = str(_local_file(self.checkpoint, "SAM2"))  # a missing file fails here, not later
 
     @property
     def half(self) -> bool:
         """Whether the model runs in float16 (the release's precision on CUDA)."""
-        return self.precision == "float16" or (self.precision == "auto" and torch.device(self.device).type == "cuda")
+        return runs_half(self.device, self.precision)
 
     def generator_settings(self) -> dict:
         """The ``SAM2AutomaticMaskGenerator`` keyword arguments."""
@@ -215,8 +208,7 @@ class SAM2Masks:
         """SAM2's records (``'segmentation'``, ``'area'``, ...) of an (H, W, 3) uint8 RGB image."""
         check_image(image)
         generator = self.load()
-        autocast = (torch.autocast("cuda", dtype=torch.float16) if self.half else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), half_autocast(self.half):
             return generator.generate(np.array(image))  # a writable copy, as the release's np.array(PIL image)
 
     def __call__(self, image: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
