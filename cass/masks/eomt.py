@@ -165,7 +165,8 @@ class EoMTMasks:
         return runs_half(self.device, self.precision)
 
     def settings_key(self) -> str:
-        settings = dict(model=pretrained_identity(self.model), threshold=self.threshold, mask_threshold=self.mask_threshold,
+        settings = dict(model=pretrained_identity(self.model), threshold=self.threshold,
+                        mask_threshold=self.mask_threshold,
                         overlap_threshold=self.overlap_threshold, stuff_classes=list(self.stuff_classes),
                         precision="float16" if self.half else "float32")
         return "eomt " + json.dumps(settings, sort_keys=True)

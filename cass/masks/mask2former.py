@@ -75,7 +75,8 @@ class Mask2FormerMasks:
         return runs_half(self.device, self.precision)
 
     def settings_key(self) -> str:
-        settings = dict(model=pretrained_identity(self.model), threshold=self.threshold, mask_threshold=self.mask_threshold,
+        settings = dict(model=pretrained_identity(self.model), threshold=self.threshold,
+                        mask_threshold=self.mask_threshold,
                         overlap_mask_area_threshold=self.overlap_mask_area_threshold,
                         precision="float16" if self.half else "float32")
         return "mask2former " + json.dumps(settings, sort_keys=True)

@@ -27,7 +27,8 @@ def resolve_device(generator: str, device: str | None, precision: str) -> str:
     """``device`` (None: CUDA when available), after checking ``precision`` against it; a bad one is a
     one-line :class:`ConfigError` naming ``generator``."""
     if precision not in PRECISIONS:
-        raise ConfigError(f"mask generator {generator!r}: precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"mask generator {generator!r}: precision {precision!r} is not one of "
+                          f"{', '.join(PRECISIONS)}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if precision == "float16" and torch.device(device).type != "cuda":
