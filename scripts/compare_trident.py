@@ -72,8 +72,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -81,8 +79,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cass.bench.released import (ReleasedCodeError, agreement, apply_patches, check_expected, export_folder,
-                                 photo, prepare_dino_hub, run_comparison)
+from cass.bench.released import (ReleasedCodeError, agreement, apply_patches, check_expected,  # noqa: F401 - its error
+                                 export_folder, photo, prepare_dino_hub, released_env, run_comparison,
+                                 run_release_process)
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = {  # name -> benchmark config (ours and the release's share the file name)
@@ -215,23 +214,9 @@ def run_released(checkout: Path, work: Path, clip_file: Path, sam_file: Path, fa
     spec = dict(families={f: FAMILIES[f] for f in families}, photos=list(photos), clip=str(clip_file.resolve()),
                 sam=str(sam_file.resolve()), out=str(work), threads=threads, cwd=str(checkout),
                 settings=settings or {})
-    env = dict(os.environ, TORCH_HOME=str(work / "torch_home"), CUDA_VISIBLE_DEVICES="",
-               OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", RELEASED_RUNNER, json.dumps(spec)], cwd=checkout, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise ReleasedCodeError(f"the released code ran past {timeout} s") from None
-    for line in out.splitlines():
-        if line.startswith("released:"):
-            log(line)
-    if proc.returncode != 0:
-        tail = "\n".join(err.strip().splitlines()[-15:])
-        raise ReleasedCodeError(f"the released code failed:\n{tail}")
+    run_release_process([sys.executable, "-c", RELEASED_RUNNER, json.dumps(spec)], checkout,
+                        released_env(work, threads), timeout, log, tail=15)
     return time.perf_counter() - start
 
 

@@ -129,7 +129,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -138,7 +137,7 @@ from pathlib import Path
 import numpy as np
 
 from cass.bench.released import (ReleasedCodeError, apply_patches, check_expected, export_folder, link_or_copy,
-                                 prepare_dino_hub)
+                                 prepare_dino_hub, released_env, run_release_process)
 
 DEFAULT_MIRROR = Path("/work/.mirror/zdk258+CorrCLIP/repo")
 DEFAULT_DINO_MIRROR = Path("/work/.mirror/facebookresearch+dino/repo")
@@ -390,25 +389,8 @@ print(f"released: random SAM2 ({sum(p.numel() for p in model.parameters())} para
 '''
 
 
-def _subprocess_env(work: Path, threads: int) -> dict:
-    return dict(os.environ, TORCH_HOME=str(work / "torch_home"), CUDA_VISIBLE_DEVICES="",
-                OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HYDRA_FULL_ERROR="1")
-
-
-def _run(args: list[str], cwd: Path, env: dict, timeout: float, log: Callable[[str], None] | None) -> None:
-    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise ReleasedCodeError(f"the released code ran past {timeout} s") from None
-    for line in out.splitlines():
-        if line.startswith("released:") and log:
-            log(line)
-    if proc.returncode != 0:
-        tail = "\n".join(err.strip().splitlines()[-20:])
-        raise ReleasedCodeError(f"the released code failed:\n{tail}")
+def _env(work: Path, threads: int) -> dict:
+    return released_env(work, threads, HYDRA_FULL_ERROR="1")
 
 
 def write_random_sam2(release: Path, path: Path, work: Path | None = None, seed: int = 0, lively: bool = False,
@@ -429,7 +411,7 @@ def write_random_sam2(release: Path, path: Path, work: Path | None = None, seed:
         prepare_release(Path(release), copy)
         spec = dict(release=str(copy.resolve()), seed=seed, config=config, out=str(Path(path).resolve()),
                     lively=lively)
-        _run([sys.executable, "-c", SAM2_WRITER, json.dumps(spec)], copy, _subprocess_env(base, 1), timeout, None)
+        run_release_process([sys.executable, "-c", SAM2_WRITER, json.dumps(spec)], copy, _env(base, 1), timeout)
     return Path(path)
 
 
@@ -506,8 +488,8 @@ def run_release(release: Path, work: Path, clip_weights: Path, dino_weights: Pat
     (work / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
     (work / "run_release.py").write_text(RUNNER)
     start = time.perf_counter()
-    _run([sys.executable, str(work / "run_release.py"), str(work / "spec.json")], copy,
-         _subprocess_env(work, threads), timeout, log)
+    run_release_process([sys.executable, str(work / "run_release.py"), str(work / "spec.json")], copy,
+                        _env(work, threads), timeout, log)
     if log:
         log(f"released code: {time.perf_counter() - start:.1f} s in all")
     with np.load(out) as saved:

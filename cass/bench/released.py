@@ -7,6 +7,7 @@ and compare its class scores and labels with this code's.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,32 @@ def apply_patches(source: Path, target: Path, patches: Mapping[str, Sequence[tup
                 raise ReleasedCodeError(f"{source / name}: expected {old!r}; this released version is not supported")
             text = text.replace(old, new)
         path.write_text(text)
+
+
+def released_env(work: Path, threads: int, **extra: str) -> dict:
+    """The environment of a subprocess running released code: torch hub's cache in ``work``, no GPU,
+    ``threads`` CPU threads, and ``extra`` variables."""
+    return dict(os.environ, TORCH_HOME=str(work / "torch_home"), CUDA_VISIBLE_DEVICES="",
+                OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **extra)
+
+
+def run_release_process(args: list[str], cwd: Path, env: dict, timeout: float,
+                        log: Callable[[str], None] | None = None, tail: int = 20) -> None:
+    """Run released code as a subprocess; its ``released:`` lines go to ``log``. Running past ``timeout``
+    seconds or failing is a :class:`ReleasedCodeError` (with the last ``tail`` lines of its stderr)."""
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise ReleasedCodeError(f"the released code ran past {timeout} s") from None
+    for line in out.splitlines():
+        if line.startswith("released:") and log:
+            log(line)
+    if proc.returncode != 0:
+        lines = "\n".join(err.strip().splitlines()[-tail:])
+        raise ReleasedCodeError(f"the released code failed:\n{lines}")
 
 
 def photo(name: str) -> np.ndarray:
