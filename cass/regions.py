@@ -37,14 +37,18 @@ MERGED_OFFSET = 10000
 _SPATIAL_DEPTH = {12: 5, 24: 12, 32: 28}  # NUM_SPATIAL, transformer.py lines 530-537
 
 
+def _check_rule(unsegmented: str) -> None:
+    if unsegmented not in UNSEGMENTED_RULES:
+        raise ValueError(f"unsegmented must be one of {', '.join(UNSEGMENTED_RULES)}, got {unsegmented!r}")
+
+
 def segmented_values(values: Tensor, unsegmented: str = "smallest") -> Tensor:
     """The labels among ``values`` (ascending, distinct) that are regions, not "unsegmented".
 
     ``'smallest'`` (the release's rule): all but the first, whatever its value;
     ``'nonpositive'`` (the fix, :attr:`cass.config.RegionConfig.unsegmented`): those above 0.
     """
-    if unsegmented not in UNSEGMENTED_RULES:
-        raise ValueError(f"unsegmented must be one of {', '.join(UNSEGMENTED_RULES)}, got {unsegmented!r}")
+    _check_rule(unsegmented)
     return values[1:] if unsegmented == "smallest" else values[values > 0]
 
 
@@ -140,7 +144,7 @@ def region_scope_attention(feats: Tensor, labels: Tensor, tau: float = 4.0, unse
     Returns:
         (N, N) or (B, N, N) attention weights, rows summing to 1.
     """
-    segmented_values(labels.new_zeros(0), unsegmented)  # checks the rule
+    _check_rule(unsegmented)
     batched = feats.dim() == 3
     if not batched:
         feats = feats[None]

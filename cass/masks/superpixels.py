@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import ConfigError
 from .labels import check_image
 
 
@@ -34,8 +35,6 @@ class FelzenszwalbMasks:
     min_size: int | None = None
 
     def __post_init__(self) -> None:
-        from ..config import ConfigError
-
         if not self.scale > 0 or not self.sigma >= 0 or (self.min_size is not None and self.min_size < 1):
             raise ConfigError(f"mask generator 'felzenszwalb': scale must be > 0, sigma >= 0 and min_size >= 1, "
                               f"got scale={self.scale}, sigma={self.sigma}, min_size={self.min_size}")
