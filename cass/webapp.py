@@ -53,6 +53,7 @@ from .benchmarks import BENCHMARKS, CONFIGS_DIR, PROTOCOL_NAMES
 from .protocols import protocol_options
 from .model_cache import ModelCache, ModelKey, ModelSlot  # noqa: F401 - ModelSlot: still importable from here
 from .images import ImageError, read_image
+from .masks import write_npz
 from .text import Vocabulary, VocabularyError, class_list
 from .visualize import LegendEntry, format_share, legend_record, render, render_regions
 from .weights import WeightsError
@@ -614,8 +615,6 @@ class Engine:
         sidecar.write_text(json.dumps(dict(info, **record), indent=2) + "\n")
         files = [labels, probs, sidecar]
         if regions is not None:
-            from .masks import write_npz
-
             files.append(write_npz(folder / f"{stem}_regions.npz", regions))
         self._prune()
         return files
